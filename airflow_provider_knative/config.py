@@ -1,0 +1,281 @@
+"""The ``[knative]`` configuration section: one table of options, read lazily.
+
+Every option is readable as ``AIRFLOW__KNATIVE__<KEY>`` from the environment (that is all
+the runtime container has) and, inside an Airflow process, from ``airflow.cfg`` through
+Airflow's own ``conf``. The table below is also what ``provider_info`` declares, so
+``airflow config list`` shows exactly these keys. Bad values are reported at first use with
+the key's name and the environment variable that sets it.
+
+This module imports nothing from Airflow at import time: the runtime image stays small.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SECTION = "knative"
+
+
+class ConfigError(ValueError):
+    """A ``[knative]`` option holds a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    type: type
+    default: Any
+    description: str
+    sensitive: bool = False
+    example: str | None = None
+
+    @property
+    def env_var(self) -> str:
+        return f"AIRFLOW__{SECTION.upper()}__{self.key.upper()}"
+
+
+_KIB = 1024
+_MIB = 1024 * 1024
+
+OPTIONS: dict[str, Option] = {
+    o.key: o
+    for o in [
+        # --- XCom backend and object store -------------------------------------------------
+        Option(
+            "xcom_store_url",
+            str,
+            "",
+            "Where spilled XCom values and large invocation payloads live: s3://bucket/prefix "
+            "or file:///absolute/path. Empty means file://$AIRFLOW_HOME/knative_xcom, so a "
+            "local setup needs nothing else.",
+            example="s3://my-bucket/airflow/xcom",
+        ),
+        Option(
+            "xcom_inline_max_bytes",
+            int,
+            64 * _KIB,
+            "Encoded values up to this many bytes stay inline in Airflow's database (readable "
+            "in the UI); larger ones are spilled to the store and only a reference is kept.",
+        ),
+        Option(
+            "s3_endpoint_url",
+            str,
+            "",
+            "Endpoint of an S3-compatible server (MinIO, Ceph, moto). Empty means AWS.",
+            example="http://minio.minio.svc:9000",
+        ),
+        Option("s3_region_name", str, "", "Region for the S3 client. Empty means boto3's default chain."),
+        Option(
+            "transfer_concurrency",
+            int,
+            8,
+            "Parallel parts per object for multipart uploads and ranged downloads.",
+        ),
+        Option(
+            "transfer_chunk_bytes",
+            int,
+            16 * _MIB,
+            "Part size for multipart uploads and ranged downloads (S3 needs at least 5 MiB).",
+        ),
+        # --- Invocation (hook, operator, trigger) ------------------------------------------
+        Option(
+            "url_template",
+            str,
+            "http://{service}.{namespace}.svc.cluster.local",
+            "How a service name becomes a URL when neither url= nor the connection says "
+            "otherwise. {service} and {namespace} are filled in; a fixed URL such as "
+            "http://127.0.0.1:8080 sends every service to one local runtime.",
+        ),
+        Option("namespace", str, "default", "Kubernetes namespace of the Knative Services."),
+        Option(
+            "signing_secret",
+            str,
+            "",
+            "Shared secret for HMAC-SHA256 signatures on invocations. Set the same value on "
+            "Airflow and on the runtime; without it the runtime accepts unsigned calls and "
+            "warns at start.",
+            sensitive=True,
+        ),
+        Option(
+            "signing_secret_file",
+            str,
+            "",
+            "A file holding the signing secret (a mounted Kubernetes Secret); used when "
+            "signing_secret is empty.",
+        ),
+        Option(
+            "local_mode",
+            bool,
+            False,
+            "Run @task.knative functions in the Airflow task process through the same codec "
+            "round trip instead of calling a service (for dag.test() and debugging).",
+        ),
+        Option(
+            "default_deferrable",
+            bool,
+            False,
+            "Default for deferrable= on KnativeOperator and @task.knative: the HTTP call runs "
+            "in the triggerer and no worker slot is held while the function runs.",
+        ),
+        Option("connect_timeout_seconds", float, 10.0, "TCP connect timeout of one HTTP attempt."),
+        Option(
+            "invoke_timeout_seconds",
+            float,
+            3600.0,
+            "Read timeout of one invocation: the longest a function may run before the call is abandoned.",
+        ),
+        Option(
+            "startup_deadline_seconds",
+            float,
+            120.0,
+            "How long connection errors and 502/503/504 answers (cold start, scale from "
+            "zero, overload) are retried with backoff before the task fails.",
+        ),
+        # --- Runtime (inside the Knative container) ----------------------------------------
+        Option(
+            "container_concurrency",
+            int,
+            16,
+            "Invocations the runtime runs at once; match the Knative Service's "
+            "containerConcurrency. Calls beyond it wait.",
+        ),
+        Option(
+            "max_body_bytes",
+            int,
+            64 * _MIB,
+            "Largest invocation body the runtime accepts (413 above it); bigger arguments "
+            "travel by reference through the store.",
+        ),
+        Option(
+            "drain_timeout_seconds",
+            float,
+            30.0,
+            "On SIGTERM the runtime stops accepting and waits this long for in-flight calls.",
+        ),
+        Option(
+            "log_max_bytes",
+            int,
+            1 * _MIB,
+            "Captured log of one invocation is cut to this size, with a marker where it was cut.",
+        ),
+        Option(
+            "signature_max_age_seconds",
+            int,
+            300,
+            "Signed invocations older (or newer) than this are refused, which stops replays.",
+        ),
+    ]
+}
+
+
+def _airflow_conf() -> Any | None:
+    """Airflow's ``conf`` if this process already imported Airflow; never imports it."""
+    for name in ("airflow.configuration", "airflow.sdk.configuration"):
+        module = sys.modules.get(name)
+        if module is not None:
+            try:
+                return module.conf
+            except AttributeError:
+                continue
+    return None
+
+
+def raw(key: str) -> str | None:
+    """The configured text of ``key``: environment first, then airflow.cfg, else None."""
+    option = OPTIONS[key]
+    value = os.environ.get(option.env_var)
+    if value is not None:
+        return value
+    conf = _airflow_conf()
+    if conf is not None:
+        try:
+            value = conf.get(SECTION, key, fallback=None)
+        except Exception:  # a broken airflow.cfg must not hide our own defaults
+            value = None
+    return value
+
+
+def _convert(option: Option, text: str) -> Any:
+    where = f"[{SECTION}] {option.key} (env {option.env_var})"
+    if option.type is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where} must be true or false, got {text!r}")
+    if option.type in (int, float):
+        try:
+            number = option.type(text.strip())
+        except ValueError:
+            kind = "a whole number" if option.type is int else "a number"
+            raise ConfigError(f"{where} must be {kind}, got {text!r}") from None
+        if number < 0:
+            raise ConfigError(f"{where} must not be negative, got {text!r}")
+        return number
+    return text.strip()
+
+
+def get(key: str) -> Any:
+    """The typed value of ``[knative] key``; raises ConfigError naming the key when invalid."""
+    option = OPTIONS[key]
+    text = raw(key)
+    if text is None or text.strip() == "":
+        return default(key)
+    return _convert(option, text)
+
+
+def default(key: str) -> Any:
+    """The built-in default, with the store folder resolved under ``$AIRFLOW_HOME``."""
+    if key == "xcom_store_url":
+        home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
+        return Path(home, "knative_xcom").resolve().as_uri()
+    return OPTIONS[key].default
+
+
+def signing_secret() -> bytes | None:
+    """The shared signing secret, from the option or the file it names; None when unset."""
+    secret = get("signing_secret")
+    if not secret:
+        path = get("signing_secret_file")
+        if path:
+            try:
+                secret = Path(path).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"[{SECTION}] signing_secret_file (env {OPTIONS['signing_secret_file'].env_var}) "
+                    f"names {path!r}, which cannot be read: {exc.strerror}"
+                ) from None
+            if not secret:
+                raise ConfigError(f"[{SECTION}] signing_secret_file {path!r} is empty")
+    return secret.encode() if secret else None
+
+
+def provider_config_section() -> dict[str, Any]:
+    """The ``config`` entry of provider info, generated from the same table."""
+    options = {}
+    for option in OPTIONS.values():
+        type_name = {str: "string", int: "integer", float: "float", bool: "boolean"}[option.type]
+        shown_default = "" if option.key == "xcom_store_url" else option.default
+        options[option.key] = {
+            "description": option.description,
+            "version_added": "0.1.0",
+            "type": type_name,
+            "example": option.example,
+            "default": None
+            if shown_default == ""
+            else str(shown_default).lower()
+            if option.type is bool
+            else str(shown_default),
+            "sensitive": option.sensitive,
+        }
+    return {
+        SECTION: {
+            "description": "Knative task execution and the spilling XCom backend.",
+            "options": options,
+        }
+    }
