@@ -17,6 +17,7 @@ SUBSYSTEMS = [
     "airflow_provider_knative.runtime.cli",
     "airflow_provider_knative.deploy.cli",
     "airflow_provider_knative.cleanup",
+    "airflow_provider_knative.localstack.cli",
 ]
 
 

@@ -123,13 +123,13 @@ class _Encoder:
     """Packs one value; collects out-of-band buffers (memoryviews or chunk iterators)."""
 
     def __init__(self) -> None:
-        self.buffers: list[memoryview | Iterable[bytes]] = []
+        self.buffers: list[memoryview | Iterable[bytes | memoryview]] = []
 
     def pack(self, value: Any) -> bytes:
         # a fresh Packer per nesting level: Packer.pack is not re-entrant
         return msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True).pack(value)
 
-    def _oob(self, buf: memoryview | Iterable[bytes]) -> int:
+    def _oob(self, buf: memoryview | Iterable[bytes | memoryview]) -> int:
         self.buffers.append(buf)
         return len(self.buffers) - 1
 
@@ -263,16 +263,22 @@ def _zone_name(tz: dt.tzinfo) -> str | None:
 
 
 class _ChunkSink:
-    """A write-only file for pyarrow that hands over what was written, batch by batch."""
+    """A write-only file for pyarrow that hands over what was written, batch by batch.
+
+    pyarrow passes small metadata pieces as ``bytes`` and each body buffer of a record
+    batch as a ``pyarrow.Buffer`` over the column's own memory (for numeric columns: the
+    DataFrame's numpy data). Keeping a memoryview of that Buffer holds the memory alive and
+    costs no copy, so a DataFrame is written out without ever being duplicated.
+    """
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | memoryview] = []
         self.closed = False
 
     def write(self, data: Any) -> int:
-        chunk = bytes(data)
+        chunk = data if isinstance(data, bytes) else memoryview(data).cast("B")
         self.parts.append(chunk)
-        return len(chunk)
+        return len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
 
     def flush(self) -> None:
         pass
@@ -280,12 +286,12 @@ class _ChunkSink:
     def close(self) -> None:
         self.closed = True
 
-    def take(self) -> list[bytes]:
+    def take(self) -> list[bytes | memoryview]:
         parts, self.parts = self.parts, []
         return parts
 
 
-def _ipc_batches(schema: Any, batches: Iterable[Any]) -> Iterator[bytes]:
+def _ipc_batches(schema: Any, batches: Iterable[Any]) -> Iterator[bytes | memoryview]:
     import pyarrow as pa
 
     sink = _ChunkSink()
@@ -297,11 +303,11 @@ def _ipc_batches(schema: Any, batches: Iterable[Any]) -> Iterator[bytes]:
     yield from sink.take()
 
 
-def _table_ipc(table: Any) -> Iterator[bytes]:
+def _table_ipc(table: Any) -> Iterator[bytes | memoryview]:
     return _ipc_batches(table.schema, table.to_batches(max_chunksize=DATAFRAME_BATCH_ROWS))
 
 
-def _dataframe_ipc(frame: Any) -> Iterator[bytes]:
+def _dataframe_ipc(frame: Any) -> Iterator[bytes | memoryview]:
     """Arrow IPC for a DataFrame, converted slice by slice so memory stays bounded."""
     import pyarrow as pa
 

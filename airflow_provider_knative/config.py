@@ -135,6 +135,22 @@ OPTIONS: dict[str, Option] = {
             "How long connection errors and 502/503/504 answers (cold start, scale from "
             "zero, overload) are retried with backoff before the task fails.",
         ),
+        # --- Workflow gateway (/knative in the api-server) --------------------------------
+        Option(
+            "gateway_timeout_seconds",
+            float,
+            60.0,
+            "How long POST /knative/runWorkflow waits for the run to finish when the request "
+            "does not say (body field timeout). Past it the gateway answers 202 with the run id "
+            "and a URL to poll; the run itself goes on.",
+        ),
+        Option(
+            "gateway_poll_interval_seconds",
+            float,
+            0.2,
+            "How often the gateway checks the run's state in the database while it waits "
+            "(asynchronously: a waiting request holds no worker thread).",
+        ),
         # --- Runtime (inside the Knative container) ----------------------------------------
         Option(
             "container_concurrency",
@@ -184,18 +200,29 @@ def _airflow_conf() -> Any | None:
     return None
 
 
-def raw(key: str) -> str | None:
-    """The configured text of ``key``: environment first, then airflow.cfg, else None."""
+_cfg_cache: dict[str, str | None] = {}
+
+
+def raw(key: str, *, cached: bool = False) -> str | None:
+    """The configured text of ``key``: environment first, then airflow.cfg, else None.
+
+    ``cached=True`` looks airflow.cfg up once per process (Airflow's ``conf.get`` costs tens
+    of microseconds, too much on a per-XCom path); the environment is still read every time.
+    """
     option = OPTIONS[key]
     value = os.environ.get(option.env_var)
     if value is not None:
         return value
+    if cached and key in _cfg_cache:
+        return _cfg_cache[key]
     conf = _airflow_conf()
     if conf is not None:
         try:
             value = conf.get(SECTION, key, fallback=None)
         except Exception:  # a broken airflow.cfg must not hide our own defaults
             value = None
+        if cached:
+            _cfg_cache[key] = value
     return value
 
 
@@ -220,10 +247,13 @@ def _convert(option: Option, text: str) -> Any:
     return text.strip()
 
 
-def get(key: str) -> Any:
-    """The typed value of ``[knative] key``; raises ConfigError naming the key when invalid."""
+def get(key: str, *, cached: bool = False) -> Any:
+    """The typed value of ``[knative] key``; raises ConfigError naming the key when invalid.
+
+    ``cached``: see ``raw``.
+    """
     option = OPTIONS[key]
-    text = raw(key)
+    text = raw(key, cached=cached)
     if text is None or text.strip() == "":
         return default(key)
     return _convert(option, text)

@@ -1,21 +1,262 @@
-"""``@task.knative``: the function runs inside a Knative Service (work in progress)."""
+"""``@task.knative``: the decorated function runs inside a Knative Service.
+
+The Airflow worker only ships the call: function id (``dag_id/task_id``), a hash of the
+function's source (the runtime refuses another version), the arguments and a small context,
+as one ``protocol.Invocation``. The function's return value comes back in the answer.
+
+Pass by reference: the task's arguments are resolved under the XCom backend's
+``pass_references()``, for plain and mapped tasks alike, so an upstream value that was
+spilled to the object store reaches the runtime as an ``ObjectRef`` and the worker never
+downloads it; a result the runtime spilled comes back as an ``ObjectRef`` and the XCom
+backend stores that reference as it is.
+
+Local mode (``[knative] local_mode`` or ``local=True``) calls the function in this process
+through the same codec round trip, so ``dag.test()`` works without a service and a
+breakpoint in the function stops there.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
-from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
+import attr
+from airflow.sdk.bases.decorator import (
+    DecoratedMappedOperator,
+    DecoratedOperator,
+    TaskDecorator,
+    _TaskDecorator,
+)
+from airflow.sdk.definitions.context import KNOWN_CONTEXT_KEYS
+from airflow.sdk.exceptions import AirflowException
 
+from airflow_provider_knative import codec, config, protocol
+from airflow_provider_knative.invoker import Request
 from airflow_provider_knative.operators import KnativeOperator
+from airflow_provider_knative.runtime.invoke import CONTEXT_PARAMETERS
+
+#: context values a function running in the Knative pod can receive by parameter name
+#: (the runtime fills exactly these; local mode mirrors it)
+REMOTE_CONTEXT_KEYS = CONTEXT_PARAMETERS
+
+
+def _pass_references() -> Any:
+    from airflow_provider_knative.xcom import pass_references
+
+    return pass_references()
+
+
+def _materialize(value: Any) -> Any:
+    """Turn lazy XCom sequences (a mapped upstream's results) into lists, recursively.
+
+    Called inside ``pass_references()``: the items are pulled now, so spilled ones become refs.
+    """
+    from airflow.sdk.execution_time.lazy_sequence import LazyXComSequence
+
+    if isinstance(value, LazyXComSequence):
+        return [_materialize(v) for v in value]
+    if type(value) is list:
+        return [_materialize(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_materialize(v) for v in value)
+    if type(value) is dict:
+        return {k: _materialize(v) for k, v in value.items()}
+    return value
+
+
+def _remote_context(context: Mapping[str, Any], dag_id: str, task_id: str) -> dict[str, Any]:
+    ti = context["ti"]
+    params = context.get("params") or {}
+    map_index = getattr(ti, "map_index", -1)
+    return {
+        "dag_id": dag_id,
+        "task_id": task_id,
+        "run_id": str(context.get("run_id") or getattr(ti, "run_id", "")),
+        "map_index": -1 if map_index is None else int(map_index),
+        "try_number": int(getattr(ti, "try_number", 1) or 1),
+        "params": {str(k): params[k] for k in params},
+    }
+
+
+def _check_context_parameters(fn: Callable[..., Any], op_kwargs: Mapping[str, Any]) -> None:
+    """Refuse, at parse time, a context parameter the function could never receive remotely."""
+    for name in inspect.signature(fn).parameters:
+        if name in KNOWN_CONTEXT_KEYS and name not in REMOTE_CONTEXT_KEYS and name not in op_kwargs:
+            raise ValueError(
+                f"{fn.__name__}() takes the Airflow context value {name!r}, but a @task.knative "
+                f"function runs inside a Knative Service, outside Airflow: it can receive only "
+                f"{', '.join(REMOTE_CONTEXT_KEYS)} from the context. Compute {name!r} in an "
+                f"upstream task and pass it as an argument, or rename the parameter."
+            )
+
+
+def bind_context(
+    fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ctx: Mapping[str, Any]
+) -> None:
+    """Hand context values to parameters of the same name that the caller left out (in place)."""
+    signature = inspect.signature(fn)
+    bound = signature.bind_partial(*args, **kwargs).arguments
+    for name in REMOTE_CONTEXT_KEYS:
+        param = signature.parameters.get(name)
+        if (
+            param is not None
+            and name in ctx
+            and name not in bound
+            and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+        ):
+            kwargs[name] = ctx[name]
+
+
+def _fetch_refs(value: Any) -> Any:
+    """Local mode: replace ObjectRefs by their values, as the runtime does in the pod."""
+    from airflow_provider_knative.xcom import fetch
+
+    if isinstance(value, codec.ObjectRef):
+        return fetch(value)
+    if isinstance(value, list):
+        return [_fetch_refs(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_fetch_refs(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _fetch_refs(v) for k, v in value.items()}
+    return value
 
 
 class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
+    """The operator behind ``@task.knative``: a Python function called through the runtime.
+
+    :param local: run in this process instead (default ``[knative] local_mode``).
+    :param allow_skew: let the runtime run its deployed version even if the source differs.
+    """
+
     custom_operator_name = "@task.knative"
     template_fields: Sequence[str] = (*DecoratedOperator.template_fields, *KnativeOperator.template_fields)
 
-    def __init__(self, *, python_callable: Callable[..., Any], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        python_callable: Callable[..., Any],
+        local: bool | None = None,
+        allow_skew: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if not kwargs.get("_airflow_mapped_validation_only"):
+            _check_context_parameters(python_callable, kwargs.get("op_kwargs") or {})
         super().__init__(python_callable=python_callable, **kwargs)
+        self.local = config.get("local_mode") if local is None else bool(local)
+        self.allow_skew = allow_skew
+
+    @property
+    def speaks_protocol(self) -> bool:
+        return True
+
+    def _do_render_template_fields(self, *args: Any, **kwargs: Any) -> None:
+        # XComArgs in op_args/op_kwargs are pulled here: keep spilled values as references
+        with _pass_references():
+            super()._do_render_template_fields(*args, **kwargs)
+
+    # ------------------------------------------------------------------ the invocation
+
+    def _arguments(self) -> tuple[list[Any], dict[str, Any]]:
+        with _pass_references():
+            return list(_materialize(list(self.op_args))), dict(_materialize(dict(self.op_kwargs)))
+
+    def invocation(self, context: Mapping[str, Any]) -> protocol.Invocation:
+        args, kwargs = self._arguments()
+        return protocol.Invocation(
+            function_id=protocol.function_id(self.dag_id, self.task_id),
+            source_hash=protocol.source_hash(self.python_callable),
+            args=args,
+            kwargs=kwargs,
+            context=_remote_context(context, self.dag_id, self.task_id),
+            store=protocol.StoreSettings(
+                url=config.get("xcom_store_url"),
+                inline_max_bytes=config.get("xcom_inline_max_bytes"),
+            ),
+            allow_skew=self.allow_skew,
+        )
+
+    def _encode(self, invocation: protocol.Invocation) -> bytes:
+        try:
+            return invocation.encode()
+        except TypeError as exc:
+            raise AirflowException(
+                f"{self.task_id}: the arguments cannot be sent to the Knative function: "
+                f"{str(exc).replace('value', 'invocation', 1)}. Pass plain data, numpy arrays, "
+                f"DataFrames or Arrow tables (no pickle)"
+            ) from None
+
+    def build_request(self, context: Any) -> Request:
+        body = self._encode(self.invocation(context))
+        return Request(url=self.base_url() + protocol.INVOKE_PATH, body=body)
+
+    def result_value(self, result: protocol.Result, context: Any) -> Any:
+        value = result.value
+        if self.multiple_outputs and isinstance(value, codec.ObjectRef):
+            # Airflow needs the dict to push one XCom per key; each large key is spilled again
+            from airflow_provider_knative.xcom import fetch
+
+            self.log.info("multiple_outputs: fetching the spilled result %s to split it", value.url)
+            value = fetch(value)
+        return value
+
+    # ------------------------------------------------------------------ execution
+
+    def execute(self, context: Any) -> Any:
+        if self.local:
+            return self._handle_output(self._run_locally(context))
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: Mapping[str, Any] | None = None) -> Any:
+        return self._handle_output(super().execute_complete(context, event))
+
+    def _run_locally(self, context: Any) -> Any:
+        """Call the function here, with the same encode/decode steps as a remote call."""
+        invocation = self.invocation(context)
+        received = protocol.Invocation.decode(self._encode(invocation))
+        args, kwargs = _fetch_refs(received.args), _fetch_refs(received.kwargs)
+        bind_context(self.python_callable, args, kwargs, received.context)
+        self.log.info("Running %s locally ([knative] local_mode)", received.function_id)
+        value = self.python_callable(*args, **kwargs)
+        if inspect.iscoroutine(value):
+            import asyncio
+
+            value = asyncio.run(value)
+        try:
+            return codec.loads(codec.dumps(value))
+        except TypeError as exc:
+            raise AirflowException(
+                f"{self.task_id}: the return value cannot be sent back: "
+                f"{str(exc).replace('value', 'result', 1)}. Return plain data, numpy arrays, "
+                f"DataFrames or Arrow tables (no pickle)"
+            ) from None
+
+
+class _KnativeMappedOperator(DecoratedMappedOperator):
+    """A mapped ``@task.knative``: its expanded arguments are resolved as references too.
+
+    ``MappedOperator.render_template_fields`` pulls the ``.expand()`` values before the
+    operator exists, so the pass-by-reference window has to open here, one step earlier.
+    """
+
+    __slots__ = ()
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        with _pass_references():
+            super().render_template_fields(context, jinja_env)
+
+
+@attr.define(slots=False)
+class _KnativeTaskDecorator(_TaskDecorator):
+    """``_TaskDecorator`` whose ``.expand()`` builds a :class:`_KnativeMappedOperator`."""
+
+    def _expand(self, *args: Any, **kwargs: Any) -> Any:
+        xcom_arg = super()._expand(*args, **kwargs)
+        operator = getattr(xcom_arg, "operator", None)
+        if type(operator) is DecoratedMappedOperator:
+            operator.__class__ = _KnativeMappedOperator
+        return xcom_arg
 
 
 def knative_task(
@@ -23,10 +264,23 @@ def knative_task(
     multiple_outputs: bool | None = None,
     **kwargs: Any,
 ) -> TaskDecorator:
-    """Run the decorated function in the Knative Service named by ``service=``."""
-    return task_decorator_factory(
-        python_callable=python_callable,
-        multiple_outputs=multiple_outputs,
-        decorated_operator_class=_KnativeDecoratedOperator,
-        **kwargs,
-    )
+    """Run the decorated function in the Knative Service named by ``service=``.
+
+    Every ``KnativeOperator`` argument is accepted (``service``, ``namespace``, ``url``,
+    ``deferrable``, timeouts, ``service_settings``...) plus ``local`` and ``allow_skew``.
+    """
+    multiple = cast("bool", attr.NOTHING) if multiple_outputs is None else multiple_outputs
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        return _KnativeTaskDecorator(
+            function=fn,
+            multiple_outputs=multiple,
+            operator_class=_KnativeDecoratedOperator,
+            kwargs=kwargs,
+        )
+
+    if python_callable is not None:
+        if not callable(python_callable):
+            raise TypeError("@task.knative takes keyword arguments only, e.g. @task.knative(service='name')")
+        return cast("TaskDecorator", decorate(python_callable))
+    return cast("TaskDecorator", decorate)

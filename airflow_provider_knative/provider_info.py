@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_knative import __version__, config
+from airflow_provider_knative.connection import connection_type_info
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -17,8 +18,6 @@ def get_provider_info() -> dict[str, Any]:
         "task-decorators": [
             {"name": "knative", "class-name": "airflow_provider_knative.decorators.knative_task"},
         ],
-        "connection-types": [
-            {"connection-type": "knative", "hook-class-name": "airflow_provider_knative.hooks.KnativeHook"},
-        ],
+        "connection-types": [connection_type_info()],
         "config": config.provider_config_section(),
     }

@@ -1,0 +1,257 @@
+"""DAGs → the Knative Services they need.
+
+Parses the DAG folder with Airflow's own DagBag (so "what Airflow sees" and "what we
+deploy" cannot disagree), finds every ``@task.knative`` and ``KnativeOperator`` task, and
+groups them by service: tasks that share a service share warm pods, so there is one
+Knative Service per (namespace, service name). Every problem found is collected, and all of
+them are reported together, so one run shows everything to fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_knative.deploy.names import InvalidServiceName, is_valid_namespace, service_name
+from airflow_provider_knative.deploy.settings import (
+    DEFAULTS,
+    DefaultsFile,
+    SettingsError,
+    check_combination,
+    check_settings,
+)
+
+DECORATOR_NAME = "@task.knative"
+_LEVELS_VAR = "AIRFLOW__LOGGING__NAMESPACE_LEVELS"
+
+
+class CollectError(Exception):
+    """The DAG folder cannot be turned into services; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class ServiceSpec:
+    """One Knative Service to deploy, and the tasks that call it."""
+
+    name: str  # the Kubernetes name (DNS-1035, maybe shortened)
+    requested_name: str  # as written in the DAG
+    namespace: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=list)  # "dag_id.task_id"
+
+    @property
+    def dag_ids(self) -> list[str]:
+        return sorted({ref.rsplit(".", 1)[0] for ref in self.tasks})
+
+
+@dataclass
+class Collection:
+    services: list[ServiceSpec]
+    skipped: list[str]  # human-readable notes on knative tasks we do not deploy
+
+
+@dataclass
+class _TaskUse:
+    ref: str
+    service: Any
+    namespace: Any
+    url: Any
+    settings: Any
+
+
+def _is_knative(task: Any) -> tuple[bool, Mapping[str, Any] | None]:
+    """(is a knative task, its partial kwargs when mapped)."""
+    from airflow_provider_knative.operators import KnativeOperator
+
+    partial = getattr(task, "partial_kwargs", None)
+    operator_class = getattr(task, "operator_class", None)
+    if getattr(task, "operator_name", None) == DECORATOR_NAME:
+        return True, partial if isinstance(partial, Mapping) else None
+    if isinstance(task, KnativeOperator):
+        return True, None
+    if isinstance(partial, Mapping) and isinstance(operator_class, type):
+        if issubclass(operator_class, KnativeOperator):
+            return True, partial
+    return False, None
+
+
+def _uses(dags: Mapping[str, Any]) -> Iterator[_TaskUse]:
+    for dag_id in sorted(dags):
+        for task in sorted(dags[dag_id].tasks, key=lambda t: t.task_id):
+            is_knative, partial = _is_knative(task)
+            if not is_knative:
+                continue
+            ref = f"{dag_id}.{task.task_id}"
+            if partial is not None:
+                mapped = set(getattr(getattr(task, "expand_input", None), "value", {}) or {})
+                bad = mapped & {"service", "namespace", "service_settings"}
+                yield _TaskUse(
+                    ref,
+                    # a mapped service name is only known at run time: flag it below
+                    "{{ mapped }}" if "service" in bad else partial.get("service"),
+                    "{{ mapped }}" if "namespace" in bad else partial.get("namespace"),
+                    partial.get("url"),
+                    partial.get("service_settings") or {},
+                )
+            else:
+                yield _TaskUse(ref, task.service, task.namespace, task.url, task.service_settings)
+
+
+@contextlib.contextmanager
+def _quiet_parse() -> Iterator[type]:
+    """Yield Airflow's BundleDagBag, with parsing kept off stdout (the manifests go there)
+    and without Airflow's own import-error log: every import error is reported by us, once."""
+    saved = os.environ.get(_LEVELS_VAR)
+    if "airflow" not in sys.modules:  # Airflow configures its structlog levels at first import
+        os.environ[_LEVELS_VAR] = ",".join(filter(None, [saved, "airflow.dag_processing=critical"]))
+    try:
+        from airflow.dag_processing.dagbag import BundleDagBag
+    finally:
+        if saved is None:
+            os.environ.pop(_LEVELS_VAR, None)
+        else:
+            os.environ[_LEVELS_VAR] = saved
+    stdlib_logger = logging.getLogger("airflow.dag_processing")  # set after Airflow's dictConfig
+    level = stdlib_logger.level
+    stdlib_logger.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield BundleDagBag
+    finally:
+        stdlib_logger.setLevel(level)
+
+
+def parse_dags(dags_folder: str | Path) -> Mapping[str, Any]:
+    """The DAGs in ``dags_folder``; CollectError listing every file that failed to import."""
+    folder = Path(dags_folder)
+    if not folder.is_dir():
+        raise CollectError([f"DAG folder {folder} does not exist or is not a folder"])
+    with _quiet_parse() as bundle_dag_bag:
+        # BundleDagBag puts the folder on sys.path, as the dag-processor does, so DAG files
+        # can import their helper modules.
+        bag = bundle_dag_bag(dag_folder=str(folder), bundle_path=folder.resolve())
+    if bag.import_errors:
+        problems = [f"{len(bag.import_errors)} DAG file(s) in {folder} failed to import:"]
+        for path, error in sorted(bag.import_errors.items()):
+            problems.append(f"  {path}: {error.strip()}")
+        raise CollectError(problems)
+    return bag.dags
+
+
+def _literal(value: Any, what: str, ref: str, problems: list[str]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or "{{" in value:
+        problems.append(
+            f"{ref}: {what}={value!r} is templated or mapped; deploying needs a literal {what} "
+            "known when the DAG is parsed"
+        )
+        return None
+    return value
+
+
+def collect(
+    dags: Mapping[str, Any],
+    namespace: str,
+    defaults: DefaultsFile | None = None,
+) -> Collection:
+    """Group the knative tasks of ``dags`` into services with merged, checked settings."""
+    defaults = defaults or DefaultsFile.empty()
+    problems: list[str] = []
+    skipped: list[str] = []
+    specs: dict[tuple[str, str], ServiceSpec] = {}
+    origin: dict[tuple[str, str], dict[str, str]] = {}  # which task set each key
+
+    for use in _uses(dags):
+        if use.url:
+            skipped.append(f"{use.ref}: calls url={use.url!r}, a service not deployed by airflow-knative")
+            continue
+        requested = _literal(use.service, "service", use.ref, problems)
+        ns = _literal(use.namespace, "namespace", use.ref, problems) or namespace
+        if requested is None:
+            if use.service is None:
+                problems.append(f"{use.ref}: has neither service= nor url=; name the Knative Service to run in")
+            continue
+        if not is_valid_namespace(ns):
+            problems.append(f"{use.ref}: namespace {ns!r} is not a valid Kubernetes namespace name")
+            continue
+        try:
+            name = service_name(requested)
+            task_settings = check_settings(use.settings, use.ref)
+        except (InvalidServiceName, SettingsError) as exc:
+            problems.append(f"{use.ref}: {exc}" if isinstance(exc, InvalidServiceName) else str(exc))
+            continue
+        key = (ns, name)
+        spec = specs.get(key)
+        if spec is None:
+            spec = specs[key] = ServiceSpec(name=name, requested_name=requested, namespace=ns)
+            origin[key] = {}
+        elif spec.requested_name != requested:
+            problems.append(
+                f"{use.ref}: service {requested!r} and {spec.tasks[0]}'s service {spec.requested_name!r} "
+                f"both shorten to {name!r}; give one of them a shorter name"
+            )
+            continue
+        spec.tasks.append(use.ref)
+        _merge_task(spec, origin[key], task_settings, use.ref, problems)
+
+    services = []
+    for spec in sorted(specs.values(), key=lambda s: (s.namespace, s.name)):
+        merged = _layer(DEFAULTS, defaults.defaults, defaults.services.get(spec.requested_name, {}), spec.settings)
+        try:
+            check_combination(merged, f"service {spec.requested_name!r} ({', '.join(spec.tasks)})")
+        except SettingsError as exc:
+            problems.append(str(exc))
+        spec.settings = merged
+        services.append(spec)
+    unknown = set(defaults.services) - {s.requested_name for s in services}
+    if unknown:
+        skipped.append(f"defaults file names services no task uses: {', '.join(sorted(unknown))}")
+    if problems:
+        raise CollectError(problems)
+    return Collection(services, skipped)
+
+
+def _merge_task(
+    spec: ServiceSpec, origin: dict[str, str], settings: dict[str, Any], ref: str, problems: list[str]
+) -> None:
+    """Add one task's settings to its service; the same key with another value is a conflict."""
+    for key, value in settings.items():
+        items = value.items() if key == "env" else [(None, value)]
+        for sub, item in items:
+            slot = f"env.{sub}" if sub is not None else key
+            current = spec.settings.get("env", {}).get(sub) if sub is not None else spec.settings.get(key)
+            if slot in origin and current != item:
+                problems.append(
+                    f"service {spec.requested_name!r}: conflicting setting {slot}: {origin[slot]} sets "
+                    f"{current!r} but {ref} sets {item!r}; tasks sharing a service must agree: set it on "
+                    "one of them, or for the service in the --defaults file"
+                )
+                continue
+            origin[slot] = ref
+            if sub is not None:
+                spec.settings.setdefault("env", {})[sub] = item
+            else:
+                spec.settings[key] = item
+
+
+def _layer(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Later layers win; ``env`` merges variable by variable."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key == "env":
+                merged["env"] = {**merged.get("env", {}), **value}
+            else:
+                merged[key] = value
+    return merged

@@ -1,0 +1,275 @@
+"""``KnativeXComBackend``: small values inline in Airflow's database, large ones in a store.
+
+Enable it with ``AIRFLOW__CORE__XCOM_BACKEND=airflow_provider_knative.xcom.KnativeXComBackend``.
+What ``serialize_value`` hands Airflow to put in the ``xcom`` table (a JSON column):
+
+* **plain JSON** when the value survives a JSON round trip unchanged (dicts with str keys,
+  lists, str, int, finite float, bool, None) and its JSON is at most
+  ``[knative] xcom_inline_max_bytes``: the UI and the REST API show it as it is;
+* ``{"__knative_xcom__": 1, "packed": "<base64 codec frame>"}`` for other values whose
+  encoded frame fits under the same limit (tuples, datetimes, small arrays, ...);
+* ``{"__knative_xcom__": 1, "ref": URL, "size": N, "sha256": HEX, "summary": "..."}`` for
+  everything larger: the frame is streamed to the object store and only this reference,
+  which needs no context to resolve (``deserialize_value`` gets none), stays in the DB.
+
+A user dict that happens to hold the ``__knative_xcom__`` key is stored packed, so it comes
+back unchanged. A ``codec.ObjectRef`` (a result the runtime already spilled) is stored as a
+reference as it is, without downloading it.
+
+Reading a reference verifies the object's size and SHA-256 and raises
+``SpilledValueError`` naming the URL when the object is missing, unreadable or corrupt: a
+task never silently receives a path instead of its data. Errors on the write side raise out
+of ``serialize_value`` before Airflow writes anything, so no row points at a missing object.
+
+Pass by reference: inside ``with pass_references():`` ``deserialize_value`` returns the
+``ObjectRef`` of a spilled value instead of downloading it. The Knative operator resolves
+its arguments under it, so a large argument goes to the function as a reference and the
+runtime fetches it from the store itself; the Airflow worker never holds the bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextvars
+import hashlib
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+from airflow.sdk.bases.xcom import BaseXCom
+
+from airflow_provider_knative import codec, config
+from airflow_provider_knative.codec import ObjectRef
+from airflow_provider_knative.store import StoreError, open_store
+
+log = logging.getLogger(__name__)
+
+MARKER = "__knative_xcom__"
+MARKER_VERSION = 1
+
+_pass_refs: contextvars.ContextVar[bool] = contextvars.ContextVar("knative_xcom_pass_refs", default=False)
+
+# msgspec (already an Airflow dependency) checks a 1 KB dict in ~8 us; the json module needs ~35
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+
+class SpilledValueError(RuntimeError):
+    """A stored XCom value cannot be turned back into the value: missing, unreadable or corrupt."""
+
+
+@contextmanager
+def pass_references() -> Iterator[None]:
+    """Within this block, spilled values deserialize to their ``ObjectRef``, not the value.
+
+    Use it where the value is only forwarded (an operator sending its arguments to a
+    Knative function): the receiver fetches the object from the store itself. Inline values
+    are unaffected. It is a context variable, so it holds for this thread or task only.
+    """
+    token = _pass_refs.set(True)
+    try:
+        yield
+    finally:
+        _pass_refs.reset(token)
+
+
+def references_passed() -> bool:
+    """True inside ``pass_references()``."""
+    return _pass_refs.get()
+
+
+def is_marker(value: Any) -> bool:
+    """Whether a stored XCom value is one of this backend's markers (and not plain JSON)."""
+    return type(value) is dict and MARKER in value
+
+
+def ref_of(stored: Any) -> ObjectRef | None:
+    """The ``ObjectRef`` held by a stored reference marker, else None (never downloads)."""
+    if not is_marker(stored) or "ref" not in stored:
+        return None
+    try:
+        return ObjectRef.from_dict(
+            {"url": stored["ref"], "size": stored.get("size"), "sha256": stored.get("sha256"),
+             "summary": stored.get("summary", "")}
+        )
+    except codec.CodecError as exc:
+        raise SpilledValueError(f"XCom reference marker {stored!r} is malformed: {exc}") from None
+
+
+def _ref_marker(ref: ObjectRef) -> dict[str, Any]:
+    return {MARKER: MARKER_VERSION, "ref": ref.url, "size": ref.size, "sha256": ref.sha256, "summary": ref.summary}
+
+
+def _as_plain_json(value: Any, limit: int) -> bool:
+    """Whether ``value`` can be stored as itself: JSON round-trips it exactly within ``limit``."""
+    if is_marker(value):
+        return False  # a user value that looks like ours: packed, so it comes back unchanged
+    try:
+        text = _json_encode(value)
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError):
+        return False
+    if len(text) > limit:
+        return False
+    try:
+        # The encoder also accepts tuples, sets, datetimes, bytes, non-str keys, NaN (as null)
+        # and subclasses, all of which come back as something else; equality after the round
+        # trip is the exact, C-speed check for all of it. (1 == True == 1.0 in Python, but
+        # JSON keeps bool, int and float apart, so that equality cannot hide a change.)
+        return bool(_json_decode(text) == value)
+    except Exception:
+        return False
+
+
+def _chunk_size(chunk: bytes | memoryview) -> int:
+    return chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
+
+
+def spill(
+    value: Any,
+    *,
+    key: str | None = None,
+    task_id: str | None = None,
+    dag_id: str | None = None,
+    run_id: str | None = None,
+    map_index: int | None = None,
+    inline_max_bytes: int | None = None,
+) -> Any:
+    """The JSON-able form of ``value`` for the ``xcom`` table (see the module docstring).
+
+    Raises TypeError for values the codec cannot carry (naming where in the value) and
+    SpilledValueError when the store cannot take a large value; nothing is left half-written.
+    """
+    if isinstance(value, ObjectRef):
+        return _ref_marker(value)
+    limit = config.get("xcom_inline_max_bytes", cached=True) if inline_max_bytes is None else inline_max_bytes
+    if _as_plain_json(value, limit):
+        return value
+    chunks = codec.encode_chunks(value)
+    head: list[bytes | memoryview] = []
+    buffered = 0
+    for chunk in chunks:
+        buffered += _chunk_size(chunk)
+        head.append(chunk)
+        if buffered > limit:
+            return _put(value, head, chunks, (dag_id, run_id, task_id, map_index, key))
+    return {MARKER: MARKER_VERSION, "packed": base64.b64encode(b"".join(head)).decode("ascii")}
+
+
+def _put(value: Any, head: list[bytes | memoryview], rest: Iterator[bytes | memoryview], where: tuple) -> Any:
+    dag_id, run_id, task_id, map_index, key = where
+    store = open_store()
+    segments = [dag_id or "_", run_id or "_", task_id or "_"]
+    if map_index is not None and map_index >= 0:
+        segments.append(str(map_index))
+    segments.append(key or "_")
+
+    def stream() -> Iterator[bytes | memoryview]:
+        yield from head
+        head.clear()  # drop the buffered chunks as soon as they are written
+        yield from rest
+
+    object_key = store.new_key(*segments)
+    try:
+        stored = store.put(object_key, stream())
+    except StoreError as exc:
+        raise SpilledValueError(
+            f"cannot spill XCom {_describe(where)} ({codec.summarize(value)}) to the object store: {exc}"
+        ) from exc
+    ref = ObjectRef(url=stored.url, size=stored.size, sha256=stored.sha256, summary=codec.summarize(value))
+    return _ref_marker(ref)
+
+
+def _describe(where: tuple) -> str:
+    dag_id, run_id, task_id, map_index, key = where
+    index = f"[{map_index}]" if map_index is not None and map_index >= 0 else ""
+    return f"{key!r} of {dag_id}.{task_id}{index} (run {run_id})"
+
+
+def load(stored: Any) -> Any:
+    """The value for what ``spill`` returned (downloads a reference unless ``pass_references``)."""
+    if not is_marker(stored):
+        return stored
+    version = stored[MARKER]
+    if version != MARKER_VERSION:
+        raise SpilledValueError(
+            f"XCom value was written by a newer airflow-provider-knative (marker version {version!r}, "
+            f"this one reads {MARKER_VERSION}); upgrade the provider"
+        )
+    if "packed" in stored:
+        try:
+            data = base64.b64decode(stored["packed"], validate=True)
+        except (binascii.Error, TypeError, ValueError) as exc:
+            raise SpilledValueError(f"inline XCom value is not valid base64: {exc}") from None
+        try:
+            return codec.loads(data)
+        except codec.CodecError as exc:
+            raise SpilledValueError(f"inline XCom value is corrupt: {exc}") from None
+    ref = ref_of(stored)
+    if ref is None:
+        raise SpilledValueError(f"XCom marker holds neither 'packed' nor 'ref': {sorted(stored)}")
+    if _pass_refs.get():
+        return ref
+    return fetch(ref)
+
+
+def fetch(ref: ObjectRef) -> Any:
+    """Download, verify and decode a spilled value; errors name the URL."""
+    try:
+        data = open_store().get(ref.url)
+    except StoreError as exc:
+        raise SpilledValueError(f"cannot read spilled XCom value {ref.url} ({ref.summary}): {exc}") from exc
+    if len(data) != ref.size:
+        raise SpilledValueError(
+            f"spilled XCom value {ref.url} is corrupt: {len(data)} bytes, the reference says {ref.size}"
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != ref.sha256:
+        raise SpilledValueError(
+            f"spilled XCom value {ref.url} is corrupt: sha256 {digest}, the reference says {ref.sha256}"
+        )
+    try:
+        return codec.loads(data)
+    except codec.CodecError as exc:
+        raise SpilledValueError(f"spilled XCom value {ref.url} cannot be decoded: {exc}") from None
+
+
+def discard(stored: Any) -> None:
+    """Delete the object a stored reference points to; a no-op for inline values.
+
+    A store failure is logged, not raised: purge runs before a cleared task starts again,
+    and a leftover object is what ``airflow-knative xcom-cleanup`` removes later.
+    """
+    ref = ref_of(stored)
+    if ref is None:
+        return
+    try:
+        open_store().delete(ref.url)
+    except StoreError as exc:
+        log.warning("could not delete spilled XCom object %s (xcom-cleanup will retry): %s", ref.url, exc)
+
+
+class KnativeXComBackend(BaseXCom):
+    """Inline JSON, inline packed, or spilled to the object store; see the module docstring."""
+
+    @staticmethod
+    def serialize_value(  # type: ignore[override]
+        value: Any,
+        *,
+        key: str | None = None,
+        task_id: str | None = None,
+        dag_id: str | None = None,
+        run_id: str | None = None,
+        map_index: int | None = None,
+    ) -> Any:
+        return spill(value, key=key, task_id=task_id, dag_id=dag_id, run_id=run_id, map_index=map_index)
+
+    @staticmethod
+    def deserialize_value(result: Any) -> Any:
+        return load(result.value)
+
+    @classmethod
+    def purge(cls, xcom: Any, *args: Any) -> None:
+        discard(getattr(xcom, "value", None))

@@ -1,0 +1,13 @@
+"""A DAG file that fails at import: deploy must name this file and the error."""
+
+from airflow.sdk import dag
+
+import module_that_does_not_exist_anywhere  # noqa: F401
+
+
+@dag(schedule=None)
+def deploy_broken():
+    pass
+
+
+deploy_broken()
