@@ -144,7 +144,7 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
         if not kwargs.get("_airflow_mapped_validation_only"):
             _check_context_parameters(python_callable, kwargs.get("op_kwargs") or {})
         super().__init__(python_callable=python_callable, **kwargs)
-        self.local = config.get("local_mode") if local is None else bool(local)
+        self.local = local  # None: [knative] local_mode of the process that runs the task
         self.allow_skew = allow_skew
 
     @property
@@ -204,7 +204,7 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
     # ------------------------------------------------------------------ execution
 
     def execute(self, context: Any) -> Any:
-        if self.local:
+        if config.get("local_mode") if self.local is None else self.local:
             return self._handle_output(self._run_locally(context))
         return super().execute(context)
 

@@ -12,16 +12,20 @@ is ``discover``. Discovered URLs are cached for the life of the process.
 
 from __future__ import annotations
 
+import contextvars
+import socket
 import threading
 from typing import Any
 
 import requests
+import urllib3
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
 from airflow_provider_knative import config
 from airflow_provider_knative.connection import UI_FIELD_BEHAVIOUR, ServiceSettings, settings_from
 from airflow_provider_knative.invoker import (
+    InvocationError,
     Request,
     Response,
     RetrySchedule,
@@ -114,6 +118,49 @@ def _no_url_message(service: str, namespace: str, why: str) -> str:
 # One pooled session per process
 # --------------------------------------------------------------------------------------
 
+#: the connections the current call (of this thread or task) sent requests on, so that
+#: ``on_kill`` can shut their sockets down and wake a blocked read
+_call_connections: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "knative_call_connections", default=None
+)
+
+
+class _TrackedRequests:
+    """Mixin for urllib3 connections: record each one a call sends on (for ``cancel``)."""
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        tracked = _call_connections.get()
+        if tracked is not None:
+            tracked.append(self)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _TrackedHTTPConnection(_TrackedRequests, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _TrackedHTTPSConnection(_TrackedRequests, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _TrackedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+def _shutdown(connection: Any) -> None:
+    """Wake a thread blocked reading this connection: shutdown, unlike close, interrupts recv."""
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+
 _session: requests.Session | None = None
 _session_lock = threading.Lock()
 
@@ -129,6 +176,10 @@ def http_session() -> requests.Session:
         if _session is None:
             session = requests.Session()
             adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=64, max_retries=0)
+            adapter.poolmanager.pool_classes_by_scheme = {
+                "http": _TrackedHTTPPool,
+                "https": _TrackedHTTPSPool,
+            }
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.trust_env = False  # no proxy detour to an in-cluster or loopback address
@@ -156,7 +207,7 @@ class KnativeHook(BaseHook):
         self.knative_conn_id = knative_conn_id
         self._settings: ServiceSettings | None = None
         self._cancelled = threading.Event()
-        self._inflight: requests.Response | None = None
+        self._connections: list[Any] = []
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -199,9 +250,11 @@ class KnativeHook(BaseHook):
                 response = self._attempt(session, request, timeouts)
             except requests.exceptions.ReadTimeout:
                 raise read_timeout(request.url, timeouts) from None
-            except requests.exceptions.ConnectionError as exc:
+            except requests.exceptions.RequestException as exc:
                 if self._cancelled.is_set():
                     raise InvocationCancelled(f"call to {request.url} abandoned by on_kill") from None
+                if not isinstance(exc, requests.exceptions.ConnectionError):
+                    raise InvocationError(f"{request.url}: {type(exc).__name__}: {_short(exc)}") from None
                 delay = schedule.failed(f"{type(exc).__name__}: {_short(exc)}")
             else:
                 if not schedule.retry_status(response):
@@ -212,27 +265,29 @@ class KnativeHook(BaseHook):
                 raise InvocationCancelled(f"call to {request.url} abandoned by on_kill")
 
     def _attempt(self, session: requests.Session, request: Request, timeouts: Timeouts) -> Response:
-        with session.request(
-            request.method,
-            request.url,
-            data=request.body,
-            headers=request.headers(),
-            timeout=(timeouts.connect, timeouts.read),
-            stream=True,
-        ) as raw:
-            self._inflight = raw
-            try:
-                body = raw.content
-            finally:
-                self._inflight = None
-        return Response(raw.status_code, raw.headers.get("Content-Type", ""), body)
+        token = _call_connections.set(self._connections)
+        try:
+            raw = session.request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=request.headers(),
+                timeout=(timeouts.connect, timeouts.read),
+            )
+        finally:
+            _call_connections.reset(token)
+            self._connections.clear()
+        return Response(raw.status_code, raw.headers.get("Content-Type", ""), raw.content)
 
     def cancel(self) -> None:
-        """Abandon the call in progress (from ``on_kill``): no more attempts, close the response."""
+        """Abandon the call in progress (``on_kill``): no more attempts, its socket shut down.
+
+        Runs in the SIGTERM handler (on the thread blocked in the call) or on another thread;
+        either way the blocked read returns, and the attempt ends as cancelled.
+        """
         self._cancelled.set()
-        inflight = self._inflight
-        if inflight is not None:
-            inflight.close()
+        for connection in list(self._connections):
+            _shutdown(connection)
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

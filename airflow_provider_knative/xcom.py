@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextvars
-import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,15 +91,25 @@ def ref_of(stored: Any) -> ObjectRef | None:
         return None
     try:
         return ObjectRef.from_dict(
-            {"url": stored["ref"], "size": stored.get("size"), "sha256": stored.get("sha256"),
-             "summary": stored.get("summary", "")}
+            {
+                "url": stored["ref"],
+                "size": stored.get("size"),
+                "sha256": stored.get("sha256"),
+                "summary": stored.get("summary", ""),
+            }
         )
     except codec.CodecError as exc:
         raise SpilledValueError(f"XCom reference marker {stored!r} is malformed: {exc}") from None
 
 
 def _ref_marker(ref: ObjectRef) -> dict[str, Any]:
-    return {MARKER: MARKER_VERSION, "ref": ref.url, "size": ref.size, "sha256": ref.sha256, "summary": ref.summary}
+    return {
+        MARKER: MARKER_VERSION,
+        "ref": ref.url,
+        "size": ref.size,
+        "sha256": ref.sha256,
+        "summary": ref.summary,
+    }
 
 
 def _as_plain_json(value: Any, limit: int) -> bool:
@@ -216,22 +225,13 @@ def load(stored: Any) -> Any:
 
 
 def fetch(ref: ObjectRef) -> Any:
-    """Download, verify and decode a spilled value; errors name the URL."""
+    """Download, verify (size and SHA-256) and decode a spilled value; errors name the URL."""
     try:
-        data = open_store().get(ref.url)
+        data = open_store().get_verified(ref.url, ref.size, ref.sha256)
     except StoreError as exc:
         raise SpilledValueError(f"cannot read spilled XCom value {ref.url} ({ref.summary}): {exc}") from exc
-    if len(data) != ref.size:
-        raise SpilledValueError(
-            f"spilled XCom value {ref.url} is corrupt: {len(data)} bytes, the reference says {ref.size}"
-        )
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != ref.sha256:
-        raise SpilledValueError(
-            f"spilled XCom value {ref.url} is corrupt: sha256 {digest}, the reference says {ref.sha256}"
-        )
     try:
-        return codec.loads(data)
+        return codec.loads(memoryview(data))
     except codec.CodecError as exc:
         raise SpilledValueError(f"spilled XCom value {ref.url} cannot be decoded: {exc}") from None
 

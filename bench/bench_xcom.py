@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -279,7 +278,9 @@ def bench_peak(kind: str, size: int, backend: str) -> tuple[int, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="1/10 sizes, one repetition (a smoke run)")
     parser.add_argument("--peak-child", nargs=3, metavar=("KIND", "SIZE", "BACKEND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -300,7 +301,13 @@ def main() -> int:
 
     ours, theirs = bench_frame_file(frame, repeat)
     results.append(
-        (f"{label}, file://", f"{ours:.3f} s vs common-io {theirs:.3f} s", theirs / ours, ">= 12x faster", "x faster")
+        (
+            f"{label}, file://",
+            f"{ours:.3f} s vs common-io {theirs:.3f} s",
+            theirs / ours,
+            ">= 12x faster",
+            "x faster",
+        )
     )
     proc, endpoint = start_moto()
     try:
@@ -309,7 +316,13 @@ def main() -> int:
         proc.terminate()
         proc.wait()
     results.append(
-        (f"{label}, S3 (moto)", f"{ours:.3f} s vs boto3 put+get {theirs:.3f} s", ours / theirs, "<= 1.5x", "x")
+        (
+            f"{label}, S3 (moto)",
+            f"{ours:.3f} s vs boto3 put+get {theirs:.3f} s",
+            ours / theirs,
+            "<= 1.5x",
+            "x",
+        )
     )
     del frame
 

@@ -57,7 +57,9 @@ def postgres_url() -> Iterator[str]:
     """A private PostgreSQL cluster on a free 127.0.0.1 port; yields a SQLAlchemy URL."""
     bin_dir = _postgres_bin()
     if bin_dir is None:
-        pytest.skip("PostgreSQL binaries are not installed (apt-get install postgresql; scripts/test.sh does)")
+        pytest.skip(
+            "PostgreSQL binaries are not installed (apt-get install postgresql; scripts/test.sh does)"
+        )
     root = Path(tempfile.mkdtemp(prefix="knative-e2e-pg-"))
     data = root / "data"
     if os.geteuid() == 0:
@@ -98,7 +100,7 @@ class E2EStack:
     bucket: str
     s3_endpoint: str
 
-    def s3(self):  # noqa: ANN201 - boto3 client
+    def s3(self):
         import boto3
 
         return boto3.client("s3", endpoint_url=self.s3_endpoint)

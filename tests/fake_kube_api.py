@@ -23,6 +23,7 @@ watches, real revisions and pods.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import secrets
@@ -37,7 +38,9 @@ from urllib.parse import parse_qs, urlparse
 import yaml
 
 CRD_PATH = Path(__file__).resolve().parent / "data" / "knative-serving-service-crd.yaml"
-_PATH = re.compile(r"^/apis/serving\.knative\.dev/v1(?:/namespaces/(?P<ns>[^/]+))?/services(?:/(?P<name>[^/]+))?$")
+_PATH = re.compile(
+    r"^/apis/serving\.knative\.dev/v1(?:/namespaces/(?P<ns>[^/]+))?/services(?:/(?P<name>[^/]+))?$"
+)
 
 
 def _strict(schema: Any) -> Any:
@@ -59,17 +62,23 @@ def _strict(schema: Any) -> Any:
     return out
 
 
+@functools.cache
 def service_schema() -> dict[str, Any]:
     crd = yaml.safe_load(CRD_PATH.read_text())
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
     return _strict(version["schema"]["openAPIV3Schema"])
 
 
-def validation_errors(manifest: dict[str, Any]) -> list[str]:
-    """Every place ``manifest`` breaks the Knative Service CRD schema, as 'path: message'."""
+@functools.cache
+def _validator() -> Any:
     import jsonschema
 
-    validator = jsonschema.Draft7Validator(service_schema())
+    return jsonschema.Draft7Validator(service_schema())
+
+
+def validation_errors(manifest: dict[str, Any]) -> list[str]:
+    """Every place ``manifest`` breaks the Knative Service CRD schema, as 'path: message'."""
+    validator = _validator()
     return [
         f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
         for error in sorted(validator.iter_errors(manifest), key=lambda e: list(map(str, e.absolute_path)))
@@ -201,9 +210,7 @@ class FakeKnativeApi:
             )
             with self._lock:  # remembered, as Knative keeps the last ready revision
                 self.objects[key].setdefault("status", {})["latestReadyRevisionName"] = revision
-        status["conditions"] = [
-            {**ready, "type": t} for t in ("ConfigurationsReady", "Ready", "RoutesReady")
-        ]
+        status["conditions"] = [{**ready, "type": t} for t in ("ConfigurationsReady", "Ready", "RoutesReady")]
         obj["status"] = status
         return obj
 
@@ -229,7 +236,13 @@ class FakeKnativeApi:
         self._send(request, code, answer)
 
     def _route(
-        self, method: str, ns: str | None, name: str | None, query: dict[str, str], content_type: str, body: Any
+        self,
+        method: str,
+        ns: str | None,
+        name: str | None,
+        query: dict[str, str],
+        content_type: str,
+        body: Any,
     ) -> tuple[int, dict[str, Any]]:
         dry_run = query.get("dryRun") == "All"
         if method == "GET" and name is None:
@@ -245,7 +258,11 @@ class FakeKnativeApi:
             return self._create(ns, body, dry_run)
         if method == "PATCH" and name is not None:
             if content_type.split(";")[0].strip() != "application/merge-patch+json":
-                return 415, _status(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {content_type}")
+                return 415, _status(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format: {content_type}",
+                )
             return self._patch(key, body, dry_run)
         return 405, _status(405, "MethodNotAllowed", "the server does not allow this method")
 
@@ -283,7 +300,9 @@ class FakeKnativeApi:
         with self._lock:
             if (ns, name) in self.objects:
                 details = {"name": name, "group": "serving.knative.dev", "kind": "services"}
-                return 409, _status(409, "AlreadyExists", f'services.serving.knative.dev "{name}" already exists', details)
+                return 409, _status(
+                    409, "AlreadyExists", f'services.serving.knative.dev "{name}" already exists', details
+                )
             obj = copy.deepcopy(body)
             obj["metadata"].update(
                 namespace=ns,
@@ -323,10 +342,33 @@ class FakeKnativeApi:
                 self.changed_at[key] = time.monotonic()
         return 200, self._with_status(key)
 
-    def _send(self, request: BaseHTTPRequestHandler, code: int, body: Any, content_type: str = "application/json") -> None:
+    def _send(
+        self, request: BaseHTTPRequestHandler, code: int, body: Any, content_type: str = "application/json"
+    ) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         request.send_response(code)
         request.send_header("Content-Type", content_type)
         request.send_header("Content-Length", str(len(data)))
         request.end_headers()
         request.wfile.write(data)
+
+
+def run_deploy_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``airflow-knative <argv>`` for the deploy subcommands, in-process: (exit code, stdout, stderr).
+
+    In-process because parsing the DAGs then costs no second Airflow import; the console
+    script itself is exercised once, as a subprocess, in test_deploy.py.
+    """
+    import argparse
+    import contextlib
+    import io
+
+    from airflow_provider_knative.deploy import cli as deploy_cli
+
+    parser = argparse.ArgumentParser(prog="airflow-knative")
+    deploy_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = args.handler(args)
+    return code, out.getvalue(), err.getvalue()

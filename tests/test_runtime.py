@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from runtime_process import RuntimeProcess, start_runtime
 
 from airflow_provider_knative import codec, protocol
-from runtime_process import RuntimeProcess, start_runtime
 
 DAGS = Path(__file__).resolve().parent / "runtime_dags"
 BASIC = DAGS / "basic"
@@ -52,7 +52,7 @@ def test_result_and_health_endpoints(rt: RuntimeProcess) -> None:
     resp, result = rt.invoke("runtime_basic/add", 2, b=40)
     assert resp.status_code == 200 and result.ok and result.value == 42
     assert result.error is None and result.duration_seconds > 0
-    assert httpx.get(rt.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(rt.url + "/healthz").json() == {"status": "ok", "in_flight": 0}
     ready = httpx.get(rt.url + "/readyz")
     assert ready.status_code == 200 and ready.json()["functions"] == 12
 
@@ -108,7 +108,7 @@ def test_logs_of_concurrent_calls_are_not_mixed(rt: RuntimeProcess) -> None:
     tags = [f"call{i}" for i in range(8)]
     with concurrent.futures.ThreadPoolExecutor(len(tags)) as pool:
         results = list(pool.map(lambda tag: rt.invoke("runtime_basic/chatty", tag, lines=15)[1], tags))
-    for tag, result in zip(tags, results):
+    for tag, result in zip(tags, results, strict=True):
         assert result.ok and result.value == tag
         lines = result.logs.splitlines()
         assert len(lines) == 30, result.logs
@@ -160,7 +160,9 @@ def test_source_hash_mismatch_is_409_unless_skew_allowed(rt: RuntimeProcess) -> 
     resp, result = rt.invoke("runtime_basic/add", 1, 2, source_hash="f" * 64)
     assert resp.status_code == 409 and result.error.type == "SourceHashMismatch"
     assert "redeploy" in result.error.message.lower()
-    inv = protocol.Invocation(function_id="runtime_basic/add", source_hash="f" * 64, args=[1, 2], allow_skew=True)
+    inv = protocol.Invocation(
+        function_id="runtime_basic/add", source_hash="f" * 64, args=[1, 2], allow_skew=True
+    )
     resp, result = post(rt, inv.encode())
     assert resp.status_code == 200 and result.value == 3
 
@@ -300,7 +302,9 @@ def test_missing_secret_is_warned_about(rt: RuntimeProcess) -> None:
 # --- storage: pass by reference ------------------------------------------------------------
 
 
-def test_reference_argument_and_spilled_result_through_a_file_store(rt: RuntimeProcess, file_store: str) -> None:
+def test_reference_argument_and_spilled_result_through_a_file_store(
+    rt: RuntimeProcess, file_store: str
+) -> None:
     import numpy as np
 
     from airflow_provider_knative import store
@@ -317,7 +321,11 @@ def test_reference_argument_and_spilled_result_through_a_file_store(rt: RuntimeP
     assert len(resp.request.content) < 2048
 
     resp, result = rt.invoke(
-        "runtime_basic/make_array", 50_000, 2.5, store=settings, context={"dag_id": "d", "run_id": "r:1", "task_id": "t"}
+        "runtime_basic/make_array",
+        50_000,
+        2.5,
+        store=settings,
+        context={"dag_id": "d", "run_id": "r:1", "task_id": "t"},
     )
     assert resp.status_code == 200 and isinstance(result.value, codec.ObjectRef)
     assert len(resp.content) < 2048
@@ -346,16 +354,20 @@ def test_sigterm_drains_16_in_flight_calls_then_exits_0() -> None:
         source = runtime.functions()["runtime_basic/sleepy"]
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             futures = [
-                pool.submit(runtime.invoke, "runtime_basic/sleepy", 2.0, source_hash=source) for _ in range(16)
+                pool.submit(runtime.invoke, "runtime_basic/sleepy", 3.0, source_hash=source)
+                for _ in range(16)
             ]
-            time.sleep(0.7)  # all 16 are sleeping inside the function now
+            deadline = time.monotonic() + 30
+            while httpx.get(runtime.url + "/healthz").json()["in_flight"] < 16:  # all 16 inside the function
+                assert time.monotonic() < deadline, "the 16 calls never ran at once"
+                time.sleep(0.02)
             assert not any(f.done() for f in futures)
             runtime.terminate()
             time.sleep(0.3)
             with pytest.raises(httpx.ConnectError):  # no longer accepting
                 httpx.get(runtime.url + "/healthz", timeout=2)
             results = [f.result(timeout=30) for f in futures]
-        assert [(r.status_code, res.value) for r, res in results] == [(200, 2.0)] * 16
+        assert [(r.status_code, res.value) for r, res in results] == [(200, 3.0)] * 16
         assert runtime.proc.wait(timeout=30) == 0
     finally:
         runtime.stop()

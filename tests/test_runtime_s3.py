@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from runtime_process import RuntimeProcess, start_runtime
 
 from airflow_provider_knative import codec, protocol, store
-from runtime_process import RuntimeProcess, start_runtime
 
 BASIC = Path(__file__).resolve().parent / "runtime_dags" / "basic"
 N = 25_000_000  # float64: 200 MB

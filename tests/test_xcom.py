@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import socket
+import sys
 from collections import namedtuple
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from xcom_dagrun import load_dag, rerun_task, run_dag, task_states, xcom_rows
 
 from airflow_provider_knative import codec, store
 from airflow_provider_knative.codec import ObjectRef
@@ -52,7 +54,21 @@ def objects(url: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "value",
-    [None, True, 0, -(2**63), 2**64 - 1, 1.5, -0.0, "", "héllo ✓", [], {}, [1, [2, {"a": None}]], {"k": [True, 1.0]}],
+    [
+        None,
+        True,
+        0,
+        -(2**63),
+        2**64 - 1,
+        1.5,
+        -0.0,
+        "",
+        "héllo ✓",
+        [],
+        {},
+        [1, [2, {"a": None}]],
+        {"k": [True, 1.0]},
+    ],
 )
 def test_json_values_are_stored_as_themselves(file_store: str, value: Any) -> None:
     stored = ser(value)
@@ -203,7 +219,7 @@ def test_corrupted_object_gives_a_clear_error_naming_the_url(file_store: str) ->
         de(stored)
     assert stored["ref"] in str(err.value)
     path.write_bytes(bytes(data[:-10]))
-    with pytest.raises(SpilledValueError, match="corrupt: .* bytes, the reference says") as err:
+    with pytest.raises(SpilledValueError, match=r"corrupt: .* bytes, the reference says") as err:
         de(stored)
     assert stored["ref"] in str(err.value)
 
@@ -236,7 +252,7 @@ def test_unwritable_store_raises_before_any_row(tmp_path: Path, monkeypatch: pyt
     blocker.write_text("a file where the store folder should be")
     monkeypatch.setenv("AIRFLOW__KNATIVE__XCOM_STORE_URL", blocker.as_uri())
     store._cache.clear()
-    with pytest.raises(SpilledValueError, match="cannot spill XCom 'return_value' of d.t") as err:
+    with pytest.raises(SpilledValueError, match=r"cannot spill XCom 'return_value' of d\.t") as err:
         ser(np.zeros(100_000))
     assert blocker.as_uri() in str(err.value)
     store._cache.clear()
@@ -298,3 +314,93 @@ def test_backend_is_what_airflow_resolves() -> None:
     from airflow.sdk.execution_time.xcom import XCom
 
     assert XCom is KnativeXComBackend
+
+
+# --------------------------------------------------------------------------------------
+# Real Airflow 3 runs: dag.test() with the backend configured by conftest
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["file_store", "s3_store"])
+def any_store(request: pytest.FixtureRequest, airflow_home: Path) -> str:
+    return request.getfixturevalue(request.param)
+
+
+def test_dag_moves_every_kind_of_value(any_store: str) -> None:
+    dr = run_dag("xcom_values")
+    states = task_states(dr)
+    assert str(dr.state) == "success", states
+    assert len(states) == 17 and set(states.values()) == {"success"}, states
+    rows = xcom_rows("xcom_values", dr.run_id)
+
+    # the 1 KB dict is plain JSON in the DB: the UI and REST API show it as it is
+    small = sys.modules["xcom_values"].small_dict()
+    assert 900 <= len(json.dumps(small)) <= 1200
+    assert rows[("make_small", -1, "return_value")] == small
+
+    def ref(task: str, key: str = "return_value", index: int = -1) -> dict:
+        value = rows[(task, index, key)]
+        assert value[MARKER] == 1 and value["ref"].startswith(any_store + "/xcom_values/"), value
+        return value
+
+    assert ref("make_array")["summary"] == "ndarray float64 (6553600,)"
+    assert ref("make_array")["size"] > 50 * 1024 * 1024
+    assert ref("make_frame")["summary"] == "DataFrame 1000000 rows x 8 cols"
+    assert set(rows[("make_tuple", -1, "return_value")]) == {MARKER, "packed"}
+    assert set(rows[("make_moments", -1, "return_value")]) == {MARKER, "packed"}
+    assert ref("make_both", "frame")["summary"] == "DataFrame 50000 rows x 8 cols"
+    assert ref("make_both", "array")["summary"] == "ndarray float64 (1000, 1000)"
+    assert ref("make_both")["summary"] == "dict of 2 items"
+    assert ref("make_chunks")["summary"] == "list of 3 items"
+    for i in range(3):
+        assert ref("double", index=i)["summary"] == "ndarray float64 (256, 512)"
+    assert rows[("total", -1, "return_value")] == float(2 * 256 * 512 * (0 + 1 + 2))
+
+    # every spilled object is referenced by exactly one row, and nothing else is in the store
+    referenced = sorted(v["ref"] for v in rows.values() if isinstance(v, dict) and "ref" in v)
+    assert len(referenced) == len(set(referenced)) == 9
+    run_objects = [u for u in objects(any_store) if "/xcom_values/" in u]
+    assert sorted(run_objects) == referenced
+
+
+def test_clearing_a_task_purges_its_spilled_objects(file_store: str, airflow_home: Path) -> None:
+    from airflow.models.taskinstance import clear_task_instances
+    from airflow.utils.session import create_session
+
+    dag = load_dag("xcom_spill")
+    dr = dag.test()
+    assert str(dr.state) == "success", task_states(dr)
+    old = xcom_rows("xcom_spill", dr.run_id)[("produce", -1, "return_value")]["ref"]
+    assert objects(file_store) == [old]
+
+    # Airflow's own clear path (what "Clear" in the UI and the REST API call) on the producer
+    with create_session() as session:
+        tis = [ti for ti in dr.get_task_instances(session=session) if ti.task_id == "produce"]
+        clear_task_instances(tis, session)
+        session.commit()
+    # the object stays until the cleared task runs again: that is when Airflow calls purge
+    assert objects(file_store) == [old]
+
+    assert rerun_task(dag, dr, "produce") == "success"
+    new = xcom_rows("xcom_spill", dr.run_id)[("produce", -1, "return_value")]["ref"]
+    assert new != old
+    assert objects(file_store) == [new]
+
+
+def test_store_failure_fails_the_task_and_writes_no_row(
+    moto_server: str, airflow_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("AIRFLOW__KNATIVE__S3_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    monkeypatch.setenv("AIRFLOW__KNATIVE__XCOM_STORE_URL", "s3://unreachable/xcom")
+    store._cache.clear()
+    try:
+        dr = run_dag("xcom_spill")
+    finally:
+        store._cache.clear()
+    states = task_states(dr)
+    assert states["produce[-1]"] == "failed", states
+    assert states["consume[-1]"] == "upstream_failed", states
+    assert xcom_rows("xcom_spill", dr.run_id) == {}

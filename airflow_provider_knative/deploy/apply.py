@@ -34,7 +34,10 @@ _UNSET = "<unset>"
 
 
 def _managed_key(key: str) -> bool:
-    return key.startswith((ANNOTATION_PREFIX, AUTOSCALING_PREFIX)) or key in (VISIBILITY_LABEL, MANAGED_BY_LABEL)
+    return key.startswith((ANNOTATION_PREFIX, AUTOSCALING_PREFIX)) or key in (
+        VISIBILITY_LABEL,
+        MANAGED_BY_LABEL,
+    )
 
 
 def _get(obj: Any, path: tuple[str, ...]) -> Any:
@@ -81,7 +84,11 @@ def changes(live: Any, patch: Any, path: str = "") -> list[str]:
     if patch is None:
         return [] if live == _UNSET else [f"{path}: {_short(live)} -> {_UNSET}"]
     if isinstance(patch, list) and isinstance(live, list) and len(live) == len(patch):
-        return [c for i, (old, new) in enumerate(zip(live, patch, strict=True)) for c in changes(old, new, f"{path}[{i}]")]
+        return [
+            c
+            for i, (old, new) in enumerate(zip(live, patch, strict=True))
+            for c in changes(old, new, f"{path}[{i}]")
+        ]
     if live != patch:
         return [f"{path}: {_short(live)} -> {_short(patch)}"]
     return []
@@ -219,5 +226,8 @@ def status_rows(items: list[dict[str, Any]]) -> list[list[str]]:
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
     return "\n".join(lines)

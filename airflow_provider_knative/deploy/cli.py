@@ -15,7 +15,9 @@ from typing import Any
 
 def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dags-folder", required=True, help="folder of DAG files to read services from")
-    parser.add_argument("--image", required=True, help="runtime image holding these DAGs, e.g. registry/dags:1.4")
+    parser.add_argument(
+        "--image", required=True, help="runtime image holding these DAGs, e.g. registry/dags:1.4"
+    )
     parser.add_argument(
         "--namespace",
         help="namespace for services whose task sets none (default: [knative] namespace, 'default')",
@@ -44,7 +46,9 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, $KUBECONFIG, ~/.kube/config)")
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, $KUBECONFIG, ~/.kube/config)"
+    )
     parser.add_argument("--context", help="kubeconfig context (default: the current context)")
 
 
@@ -72,7 +76,9 @@ def register(subparsers: Any) -> None:
     _add_source_arguments(deploy)
     _add_cluster_arguments(deploy)
     deploy.add_argument("--dry-run", action="store_true", help="show what would change; change nothing")
-    deploy.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for Ready (default: 300)")
+    deploy.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for Ready (default: 300)"
+    )
     deploy.add_argument(
         "--poll-interval", type=float, default=2.0, help="seconds between status checks (default: 2)"
     )
@@ -194,8 +200,13 @@ def deploy_command(args: argparse.Namespace) -> int:
             where = f"{outcome.namespace}/{outcome.name}"
             verb = {"create": "created", "patch": "patched", "unchanged": "unchanged"}[outcome.action]
             if args.dry_run:
-                verb = {"create": "would create", "patch": "would patch", "unchanged": "unchanged"}[outcome.action]
-            print(f"{where}: {verb}" + (f" ({len(outcome.changes)} fields)" if outcome.changes else ""), flush=True)
+                verb = {"create": "would create", "patch": "would patch", "unchanged": "unchanged"}[
+                    outcome.action
+                ]
+            print(
+                f"{where}: {verb}" + (f" ({len(outcome.changes)} fields)" if outcome.changes else ""),
+                flush=True,
+            )
             for change in outcome.changes:
                 print(f"    {change}", flush=True)
         if args.dry_run:

@@ -8,6 +8,7 @@ ClusterError saying what was tried and what to do, never a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,8 @@ class KnativeServices:
     def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
         from kubernetes import client
 
+        # urllib3 logs each retry as a warning; the one error that matters is reported by _call
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         configuration, self.source = _load_configuration(kubeconfig, context)
         self.host = configuration.host
         self._api = client.CustomObjectsApi(client.ApiClient(configuration))
@@ -124,7 +127,9 @@ class KnativeServices:
             field_manager="airflow-knative",
         )
 
-    def patch(self, namespace: str, name: str, patch: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+    def patch(
+        self, namespace: str, name: str, patch: dict[str, Any], dry_run: bool = False
+    ) -> dict[str, Any]:
         """A JSON merge patch (RFC 7386): maps merge, lists and scalars are replaced."""
         return self._call(
             f"patching {namespace}/{name}",

@@ -180,7 +180,9 @@ def collect(
         ns = _literal(use.namespace, "namespace", use.ref, problems) or namespace
         if requested is None:
             if use.service is None:
-                problems.append(f"{use.ref}: has neither service= nor url=; name the Knative Service to run in")
+                problems.append(
+                    f"{use.ref}: has neither service= nor url=; name the Knative Service to run in"
+                )
             continue
         if not is_valid_namespace(ns):
             problems.append(f"{use.ref}: namespace {ns!r} is not a valid Kubernetes namespace name")
@@ -207,7 +209,9 @@ def collect(
 
     services = []
     for spec in sorted(specs.values(), key=lambda s: (s.namespace, s.name)):
-        merged = _layer(DEFAULTS, defaults.defaults, defaults.services.get(spec.requested_name, {}), spec.settings)
+        merged = _layer(
+            DEFAULTS, defaults.defaults, defaults.services.get(spec.requested_name, {}), spec.settings
+        )
         try:
             check_combination(merged, f"service {spec.requested_name!r} ({', '.join(spec.tasks)})")
         except SettingsError as exc:

@@ -60,7 +60,9 @@ def quantity_value(text: str) -> Decimal:
     """The number a Kubernetes quantity stands for (``500m`` → 0.5, ``1Gi`` → 1073741824)."""
     match = _QUANTITY.match(text)
     if not match:
-        raise SettingsError(f"must be a Kubernetes quantity such as '500m', '2', '512Mi' or '1Gi', got {text!r}")
+        raise SettingsError(
+            f"must be a Kubernetes quantity such as '500m', '2', '512Mi' or '1Gi', got {text!r}"
+        )
     try:
         number = Decimal(match.group(1))
     except InvalidOperation:  # pragma: no cover - the pattern only admits decimals
@@ -120,7 +122,11 @@ def _choice(*choices: str) -> Callable[[Any], str]:
 
 
 def _dns_subdomain(value: Any) -> str:
-    if not isinstance(value, str) or not re.match(r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$", value) or len(value) > 253:
+    if (
+        not isinstance(value, str)
+        or not re.match(r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$", value)
+        or len(value) > 253
+    ):
         raise SettingsError(f"must be a Kubernetes object name (lowercase, digits, '-', '.'), got {value!r}")
     return value
 
@@ -153,13 +159,31 @@ SETTINGS: dict[str, Setting] = {
             "Longest a request may take (timeoutSeconds). Above 600 the cluster's "
             "max-revision-timeout-seconds must be raised too.",
         ),
-        Setting("min_scale", _integer(0), "autoscaling.knative.dev/min-scale: pods kept warm (0 = scale to zero)."),
-        Setting("max_scale", _integer(0), "autoscaling.knative.dev/max-scale: upper bound of pods (0 = unlimited)."),
-        Setting("initial_scale", _integer(0), "autoscaling.knative.dev/initial-scale: pods of a new revision."),
-        Setting("target", _target, "autoscaling.knative.dev/target: concurrent requests per pod the autoscaler aims for."),
-        Setting("scale_down_delay", _duration, "autoscaling.knative.dev/scale-down-delay, e.g. '15m' (0s..1h)."),
+        Setting(
+            "min_scale", _integer(0), "autoscaling.knative.dev/min-scale: pods kept warm (0 = scale to zero)."
+        ),
+        Setting(
+            "max_scale",
+            _integer(0),
+            "autoscaling.knative.dev/max-scale: upper bound of pods (0 = unlimited).",
+        ),
+        Setting(
+            "initial_scale", _integer(0), "autoscaling.knative.dev/initial-scale: pods of a new revision."
+        ),
+        Setting(
+            "target",
+            _target,
+            "autoscaling.knative.dev/target: concurrent requests per pod the autoscaler aims for.",
+        ),
+        Setting(
+            "scale_down_delay", _duration, "autoscaling.knative.dev/scale-down-delay, e.g. '15m' (0s..1h)."
+        ),
         Setting("cpu", _quantity, "CPU request of the runtime container, e.g. '500m'."),
-        Setting("memory", _quantity, "Memory request, e.g. '512Mi'; also the memory limit unless memory_limit is set."),
+        Setting(
+            "memory",
+            _quantity,
+            "Memory request, e.g. '512Mi'; also the memory limit unless memory_limit is set.",
+        ),
         Setting("cpu_limit", _quantity, "CPU limit (none by default: limits throttle, requests schedule)."),
         Setting("memory_limit", _quantity, "Memory limit; defaults to the memory request."),
         Setting("env", _env, "Extra plain environment variables for the runtime (never secrets)."),
@@ -190,7 +214,9 @@ def check_settings(settings: Any, where: str) -> dict[str, Any]:
     for key, value in settings.items():
         setting = SETTINGS.get(key)
         if setting is None:
-            raise SettingsError(f"{where}: unknown service setting {key!r}; valid settings are: {valid_keys()}")
+            raise SettingsError(
+                f"{where}: unknown service setting {key!r}; valid settings are: {valid_keys()}"
+            )
         try:
             checked[key] = setting.check(value)
         except SettingsError as exc:

@@ -77,7 +77,8 @@ class StackClient:
 
     # --- REST API --------------------------------------------------------------------------
     def api(self, method: str, path: str, token: str | None, **kwargs: Any) -> httpx.Response:
-        return self.http.request(method, f"/api/v2{path}", headers=self.auth(token), **kwargs)
+        headers = {**self.auth(token), **kwargs.pop("headers", {})}
+        return self.http.request(method, f"/api/v2{path}", headers=headers, **kwargs)
 
     def dag_exists(self, dag_id: str, token: str) -> bool:
         return self.api("GET", f"/dags/{dag_id}", token).status_code == 200

@@ -74,7 +74,7 @@ class RuntimeApp:
                 return
             await self._invoke(scope, receive, send)
         elif path == "/healthz":
-            await self._json(send, 200, {"status": "ok"})
+            await self._json(send, 200, {"status": "ok", "in_flight": self.in_flight})
         elif path == "/readyz":
             await self._readyz(send)
         elif path == "/functions":
@@ -83,13 +83,20 @@ class RuntimeApp:
                 200,
                 {
                     "functions": [
-                        {"id": f.function_id, "source_hash": f.source_hash, "dag_id": f.dag_id, "task_id": f.task_id}
+                        {
+                            "id": f.function_id,
+                            "source_hash": f.source_hash,
+                            "dag_id": f.dag_id,
+                            "task_id": f.task_id,
+                        }
                         for f in self.state.functions.values()
                     ]
                 },
             )
         else:
-            await self._json(send, 404, {"error": f"no route {path}; try /invoke, /healthz, /readyz, /functions"})
+            await self._json(
+                send, 404, {"error": f"no route {path}; try /invoke, /healthz, /readyz, /functions"}
+            )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -137,11 +144,11 @@ class RuntimeApp:
         body = bytearray()
         more = True
         while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+            chunk = await receive()
+            if chunk["type"] == "http.disconnect":
                 return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+            body += chunk.get("body", b"")
+            more = chunk.get("more_body", False)
             if len(body) > limit:
                 await self._respond(send, _too_large(len(body), limit, so_far=True))
                 return

@@ -14,8 +14,12 @@ DEFAULT_PORT = 8080
 
 def _default_port() -> int:
     """Knative tells the container which port to listen on through ``$PORT``."""
-    value = os.environ.get("PORT", "")
-    return int(value) if value.isdigit() else DEFAULT_PORT
+    value = os.environ.get("PORT", "").strip()
+    if not value:
+        return DEFAULT_PORT
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise SystemExit(f"airflow-knative serve: $PORT must be a TCP port number, got {value!r}")
+    return int(value)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--dags-folder", required=True, help="folder with the DAG files to serve")
-    parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0, as a container needs)")
+    parser.add_argument(
+        "--host", default="0.0.0.0", help="address to bind (default 0.0.0.0, as a container needs)"
+    )
     parser.add_argument(
         "--port", type=int, default=None, help=f"port to listen on (default $PORT, else {DEFAULT_PORT})"
     )

@@ -230,7 +230,7 @@ def _fetch(args: list[Any], kwargs: dict[str, Any], inv: protocol.Invocation) ->
             type(exc).__name__,
             f"cannot fetch an argument passed by reference: {exc}",
         ) from None
-    fetched = dict(zip(unique, values))
+    fetched = dict(zip(unique, values, strict=True))
     return _replace(args, fetched), _replace(kwargs, fetched)
 
 
@@ -291,7 +291,9 @@ def _result_value(value: Any, inv: protocol.Invocation) -> Any:
         stored = target.put(target.new_key(*segments), chunks)
     except Exception as exc:
         raise Rejected(500, type(exc).__name__, f"cannot spill the result to {settings.url}: {exc}") from None
-    return codec.ObjectRef(url=stored.url, size=stored.size, sha256=stored.sha256, summary=codec.summarize(value))
+    return codec.ObjectRef(
+        url=stored.url, size=stored.size, sha256=stored.sha256, summary=codec.summarize(value)
+    )
 
 
 def handle(
@@ -331,4 +333,3 @@ def handle(
     except Exception as exc:  # a bug in the runtime: report it, keep serving
         tb = traceback.format_exc()
         return error_outcome(500, "RuntimeInternalError", f"{type(exc).__name__}: {exc}", tb, capture)
-

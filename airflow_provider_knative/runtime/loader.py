@@ -169,7 +169,9 @@ def knative_functions(dags: Iterable[Any], fileloc: str) -> Iterator[Function]:
             )
 
 
-def load(folder: str | os.PathLike[str], on_failure: Callable[[ImportFailure], None] | None = None) -> Registry:
+def load(
+    folder: str | os.PathLike[str], on_failure: Callable[[ImportFailure], None] | None = None
+) -> Registry:
     """Import every DAG file in ``folder`` and collect its Knative functions.
 
     A file that fails to import is recorded (path, error, traceback) and the others are still

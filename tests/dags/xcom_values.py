@@ -28,16 +28,17 @@ def big_array() -> np.ndarray:
 
 def mixed_frame(rows: int) -> pd.DataFrame:
     rng = np.random.default_rng(rows)
+    ids = np.arange(rows, dtype="int64")
     return pd.DataFrame(
         {
-            "id": np.arange(rows, dtype="int64"),
+            "id": ids,
             "value": rng.random(rows),
             "small": rng.integers(-100, 100, rows).astype("int16"),
             "flag": rng.random(rows) > 0.5,
-            "name": pd.array([f"n{i % 997}" for i in range(rows)], dtype="str"),
+            "name": pd.array(np.array([f"n{i}" for i in range(997)])[ids % 997], dtype="str"),
             "when": pd.date_range("2024-03-30", periods=rows, freq="min", tz="Europe/Paris"),
-            "maybe": pd.array([None if i % 11 == 0 else i for i in range(rows)], dtype="Int64"),
-            "kind": pd.Categorical(rng.choice(["a", "b", "c"], rows)),
+            "maybe": pd.arrays.IntegerArray(ids.copy(), ids % 11 == 0),  # nullable, every 11th missing
+            "kind": pd.Categorical.from_codes(rng.integers(0, 3, rows), ["a", "b", "c"]),
         },
         index=pd.RangeIndex(rows, name="row"),
     )
@@ -112,7 +113,10 @@ def xcom_values():
 
     @task(multiple_outputs=True)
     def make_both() -> dict:
-        return {"frame": mixed_frame(50_000), "array": np.arange(1_000_000, dtype=np.float64).reshape(1000, 1000)}
+        return {
+            "frame": mixed_frame(50_000),
+            "array": np.arange(1_000_000, dtype=np.float64).reshape(1000, 1000),
+        }
 
     @task
     def check_both(frame: pd.DataFrame, array: np.ndarray, whole: dict) -> None:

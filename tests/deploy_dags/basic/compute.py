@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from airflow.sdk import dag, task
 
-from airflow_provider_knative.operators import KnativeOperator
-
 LONG_NAME = "feature-engineering-for-the-quarterly-revenue-forecast-model-training"
 
 

@@ -1,0 +1,151 @@
+"""``airflow-knative xcom-cleanup``: delete spilled objects whose XCom rows are gone.
+
+Airflow calls the backend's ``purge`` only when a task is cleared and runs again; deleting
+XComs through the REST API, deleting a DAG run and ``airflow db clean`` remove the rows and
+leave the objects. This command lists the spilled objects (``*.knc``) in the configured
+store, collects every reference still held by a row of the ``xcom`` table (read through
+Airflow's ORM, so it works on any metadata database), and deletes the objects nobody
+references that are older than ``--min-age-seconds``, so an object that was just uploaded
+and whose row is not written yet is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+#: objects younger than this are never deleted (an upload whose row is not written yet, a
+#: result on its way back from a Knative function)
+DEFAULT_MIN_AGE_SECONDS = 24 * 3600
+SPILL_SUFFIX = ".knc"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "xcom-cleanup",
+        help="delete spilled XCom objects that no XCom row references any more",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
+    parser.add_argument(
+        "--min-age-seconds",
+        type=_non_negative,
+        default=DEFAULT_MIN_AGE_SECONDS,
+        metavar="N",
+        help=f"keep objects younger than N seconds (default {DEFAULT_MIN_AGE_SECONDS}: one day)",
+    )
+    parser.add_argument(
+        "--store-url",
+        default=None,
+        help="the store to clean (default: [knative] xcom_store_url)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
+
+
+def referenced_urls(values: Iterable[Any]) -> set[str]:
+    """Every object URL the stored XCom values point to.
+
+    Reference markers name one directly. Packed inline values are decoded and searched
+    too, in case one holds an ``ObjectRef`` (a function's result forwarded inside a tuple,
+    say): a row whose value cannot be decoded is reported and keeps nothing alive.
+    """
+    from airflow_provider_knative.xcom import SpilledValueError, is_marker, load, ref_of
+
+    urls: set[str] = set()
+    for value in values:
+        if not is_marker(value):
+            continue
+        try:
+            ref = ref_of(value)
+        except SpilledValueError:
+            continue
+        if ref is not None:
+            urls.add(ref.url)
+        elif "packed" in value:
+            try:
+                _collect_refs(load(value), urls)
+            except SpilledValueError:
+                continue
+    return urls
+
+
+def _collect_refs(value: Any, urls: set[str], depth: int = 0) -> None:
+    from airflow_provider_knative.codec import ObjectRef
+
+    if depth > 64:
+        return
+    if isinstance(value, ObjectRef):
+        urls.add(value.url)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect_refs(item, urls, depth + 1)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            _collect_refs(item, urls, depth + 1)
+
+
+def xcom_values() -> Iterator[Any]:
+    """The value of every XCom row that may hold one of our markers, via Airflow's ORM."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import String, cast, select
+
+    from airflow_provider_knative.xcom import MARKER
+
+    # Filtering on the JSON text keeps plain-JSON rows out of Python; LIKE treats '_' as
+    # a wildcard, which can only let more rows through, never fewer.
+    query = select(XComModel.value).where(cast(XComModel.value, String).like(f"%{MARKER}%"))
+    with create_session() as session:
+        yield from session.scalars(query.execution_options(yield_per=1000))
+
+
+def run(args: argparse.Namespace) -> int:
+    from airflow_provider_knative.store import StoreError, open_store
+
+    target = open_store(args.store_url)
+    now = time.time()
+    # list the store first: an object written after this point cannot be deleted by this
+    # run, and its row, written before or after, is not needed to keep it
+    candidates = [o for o in target.list() if o.url.endswith(SPILL_SUFFIX)]
+    live = referenced_urls(xcom_values())
+    deleted = kept_young = failed = 0
+    freed = 0
+    for obj in sorted(candidates, key=lambda o: o.url):
+        if obj.url in live:
+            continue
+        age = now - obj.modified
+        if age < args.min_age_seconds:
+            kept_young += 1
+            continue
+        verb = "would delete" if args.dry_run else "deleted"
+        if not args.dry_run:
+            try:
+                target.delete(obj.url)
+            except StoreError as exc:
+                print(f"failed to delete {obj.url}: {exc}")
+                failed += 1
+                continue
+        deleted += 1
+        freed += obj.size
+        print(f"{verb} {obj.url} ({obj.size} bytes, {age:.0f} s old)")
+    referenced = sum(1 for o in candidates if o.url in live)
+    print(
+        f"{target.root_url}: {len(candidates)} spilled objects, {referenced} referenced by XCom rows, "
+        f"{deleted} orphans {'to delete' if args.dry_run else 'deleted'} ({freed} bytes), "
+        f"{kept_young} unreferenced but younger than {args.min_age_seconds:g} s kept"
+        + (f", {failed} could not be deleted" if failed else "")
+    )
+    return 1 if failed else 0
