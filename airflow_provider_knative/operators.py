@@ -161,6 +161,7 @@ class KnativeOperator(BaseOperator):
             raise AirflowException(f"{self.task_id}: {exc}") from None
         except InvocationError as exc:
             raise AirflowException(f"{self.task_id}: {exc}") from None
+        self.log.info("%s answered HTTP %d with %d bytes", request.url, response.status, len(response.body))
         return self._finish(response, request.url, context)
 
     def _key_segments(self, context: Any) -> tuple[str, ...]:

@@ -479,6 +479,8 @@ class S3Store(ObjectStore):
                 (start, min(start + self.chunk_bytes, size)) for start in range(0, size, self.chunk_bytes)
             ]
 
+            single = len(ranges) <= 1
+
             def fetch(span: tuple[int, int]) -> tuple[int, int]:
                 start, end = span
                 resp = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")
@@ -490,12 +492,14 @@ class S3Store(ObjectStore):
                         if not piece:
                             raise StoreError(f"{url} ended early at byte {pos} of {size}")
                         view[pos : pos + len(piece)] = piece
+                        if single and hasher is not None:  # one stream: hash as it arrives
+                            hasher.update(view[pos : pos + len(piece)])
                         pos += len(piece)
                 finally:
                     body.close()
                 return span
 
-            if len(ranges) <= 1:
+            if single:
                 done: Iterable[tuple[int, int]] = map(fetch, ranges)
                 pool = None
             else:
@@ -503,7 +507,7 @@ class S3Store(ObjectStore):
                 done = pool.map(fetch, ranges)  # in order: each range is hashed as soon as it is in
             try:
                 for start, end in done:
-                    if hasher is not None:
+                    if hasher is not None and not single:
                         hasher.update(view[start:end])
             finally:
                 if pool is not None:

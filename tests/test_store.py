@@ -117,7 +117,7 @@ def test_urls_outside_the_root_are_refused(file_store: str, tmp_path: Path) -> N
     victim = tmp_path / "victim.txt"
     victim.write_text("keep")
     for url in (victim.as_uri(), file_store + "-sibling/x.knc", file_store + "/../victim.txt", "s3://b/k"):
-        with pytest.raises(StoreError, match="outside the configured store|invalid object key"):
+        with pytest.raises(StoreError, match=r"outside the configured store|invalid object key"):
             target.delete(url)
     assert victim.read_text() == "keep"
 
@@ -136,7 +136,7 @@ def test_bad_store_urls_are_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(StoreError, match="names no bucket"):
         S3Store("s3:///prefix")
     monkeypatch.setenv("AIRFLOW__KNATIVE__XCOM_STORE_URL", "gs://bucket/x")
-    with pytest.raises(config.ConfigError, match="AIRFLOW__KNATIVE__XCOM_STORE_URL.*gs://bucket/x"):
+    with pytest.raises(config.ConfigError, match=r"AIRFLOW__KNATIVE__XCOM_STORE_URL.*gs://bucket/x"):
         open_store()
 
 
