@@ -9,6 +9,7 @@ import json
 import socket
 import sys
 from collections import namedtuple
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -258,22 +259,26 @@ def test_unwritable_store_raises_before_any_row(tmp_path: Path, monkeypatch: pyt
     store._cache.clear()
 
 
-def test_s3_unreachable_names_the_url(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as s:  # a port that nothing listens on
+@pytest.fixture
+def unreachable_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An S3 store whose endpoint is a closed port on 127.0.0.1; yields the endpoint."""
+    with socket.socket() as s:  # a port that nothing listens on once this block ends
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     monkeypatch.setenv("AIRFLOW__KNATIVE__S3_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
     monkeypatch.setenv("AIRFLOW__KNATIVE__XCOM_STORE_URL", "s3://bucket/xcom")
     store._cache.clear()
-    try:
-        with pytest.raises(SpilledValueError, match="unreachable") as err:
-            ser(np.zeros(100_000))
-        assert "s3://bucket/xcom/d/" in str(err.value) and str(closed) in str(err.value)
-        with pytest.raises(SpilledValueError, match="unreachable") as err:
-            de({MARKER: 1, "ref": "s3://bucket/xcom/d/x.knc", "size": 1, "sha256": "0" * 64})
-        assert "s3://bucket/xcom/d/x.knc" in str(err.value)
-    finally:
-        store._cache.clear()
+    yield f"http://127.0.0.1:{closed}"
+    store._cache.clear()
+
+
+def test_s3_unreachable_names_the_url(unreachable_s3: str) -> None:
+    with pytest.raises(SpilledValueError, match="unreachable") as err:
+        ser(np.zeros(100_000))
+    assert "s3://bucket/xcom/d/" in str(err.value) and unreachable_s3 in str(err.value)
+    with pytest.raises(SpilledValueError, match="unreachable") as err:
+        de({MARKER: 1, "ref": "s3://bucket/xcom/d/x.knc", "size": 1, "sha256": "0" * 64})
+    assert "s3://bucket/xcom/d/x.knc" in str(err.value)
 
 
 def test_s3_bucket_missing_names_the_url(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -387,19 +392,8 @@ def test_clearing_a_task_purges_its_spilled_objects(file_store: str, airflow_hom
     assert objects(file_store) == [new]
 
 
-def test_store_failure_fails_the_task_and_writes_no_row(
-    moto_server: str, airflow_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
-    monkeypatch.setenv("AIRFLOW__KNATIVE__S3_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
-    monkeypatch.setenv("AIRFLOW__KNATIVE__XCOM_STORE_URL", "s3://unreachable/xcom")
-    store._cache.clear()
-    try:
-        dr = run_dag("xcom_spill")
-    finally:
-        store._cache.clear()
+def test_store_failure_fails_the_task_and_writes_no_row(airflow_home: Path, unreachable_s3: str) -> None:
+    dr = run_dag("xcom_spill")
     states = task_states(dr)
     assert states["produce[-1]"] == "failed", states
     assert states["consume[-1]"] == "upstream_failed", states
