@@ -256,6 +256,10 @@ def _encode_datetime(value: dt.datetime) -> list[Any]:
 
 def _zone_name(tz: dt.tzinfo) -> str | None:
     """An IANA zone key when the tzinfo has one, so DST rules survive the trip."""
+    from zoneinfo import ZoneInfo
+
+    if isinstance(tz, ZoneInfo):
+        return tz.key  # any IANA key ("Europe/Paris", "EST5EDT", "Factory") loads back
     key = getattr(tz, "key", None) or getattr(tz, "name", None) or getattr(tz, "zone", None)
     if (isinstance(key, str) and "/" in key) or key in ("UTC", "GMT"):
         return key
@@ -307,12 +311,26 @@ def _table_ipc(table: Any) -> Iterator[bytes | memoryview]:
     return _ipc_batches(table.schema, table.to_batches(max_chunksize=DATAFRAME_BATCH_ROWS))
 
 
+def _converts_by_copy(dtype: Any) -> bool:
+    """Whether pyarrow must build new memory for a column (Python objects, Python strings)."""
+    import numpy as np
+
+    return (isinstance(dtype, np.dtype) and dtype.kind == "O") or getattr(dtype, "storage", None) == "python"
+
+
 def _dataframe_ipc(frame: Any) -> Iterator[bytes | memoryview]:
-    """Arrow IPC for a DataFrame, converted slice by slice so memory stays bounded."""
+    """Arrow IPC for a DataFrame, without duplicating it in memory.
+
+    Numeric, bool, datetime, categorical and Arrow-backed columns convert to Arrow almost
+    without copying, so the whole frame converts at once (fast). Columns of Python objects
+    need a full copy; then the frame is converted slice by slice so memory stays bounded.
+    """
     import pyarrow as pa
 
     if frame.columns.has_duplicates:
         raise TypeError("cannot encode a DataFrame with duplicate column names")
+    if not any(_converts_by_copy(d) for d in [*frame.dtypes, frame.index.dtype]):
+        return _table_ipc(pa.Table.from_pandas(frame, preserve_index=None))
     # the schema of the whole frame carries the pandas metadata (index range, dtypes)
     schema = pa.Schema.from_pandas(frame, preserve_index=None)
 

@@ -95,19 +95,25 @@ class _Hasher:
             self._queue = None
 
 
-Buffer = bytearray | mmap.mmap
+Buffer = Any  # a writable bytes-like object: bytearray, numpy uint8 array or anonymous mmap
 
 
 def _allocate(size: int, *, fresh_pages: bool) -> Buffer:
     """Memory for an object being read.
 
     ``bytearray(n)`` zero-fills all n bytes before the read overwrites them: a whole extra
-    pass over memory (~0.1 s per 256 MB). An anonymous mmap gets its pages zeroed by the
-    kernel on first touch, i.e. by the read itself, and is just as writable and zero-copy.
+    pass over memory (~0.1 s per 256 MB). ``numpy.empty`` does not, and numpy asks the
+    kernel for transparent huge pages on large blocks, so the read faults in 2 MiB pages
+    instead of 4 KiB ones (~2x faster again). Without numpy, an anonymous mmap still
+    skips the zero-fill pass. All three are writable, so decoded arrays are too.
     """
-    if fresh_pages and size >= 1024 * 1024:
+    if not fresh_pages or size < 1024 * 1024:
+        return bytearray(size)
+    try:
+        import numpy as np
+    except ImportError:
         return mmap.mmap(-1, size)
-    return bytearray(size)
+    return np.empty(size, dtype=np.uint8)
 
 
 def _check(url: str, size: int, sha256: str, got_size: int, got_sha256: str | None) -> None:
@@ -231,13 +237,14 @@ class FileStore(ObjectStore):
         try:
             with os.fdopen(fd, "wb", buffering=0) as fh:
                 for chunk in chunks:
-                    view = memoryview(chunk).cast("B")
-                    if not view.nbytes:
-                        continue
-                    hasher.update(view)
-                    while view.nbytes:
-                        written = fh.write(view)
-                        view = view[written:]
+                    whole = memoryview(chunk).cast("B")
+                    # piece by piece, so the hasher works on one piece while this writes the next
+                    for start in range(0, whole.nbytes, _PIECE):
+                        view = whole[start : start + _PIECE]
+                        hasher.update(view)
+                        while view.nbytes:
+                            written = fh.write(view)
+                            view = view[written:]
             digest = hasher.hexdigest()
             os.replace(tmp, target)
         except BaseException as exc:

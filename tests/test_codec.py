@@ -303,3 +303,15 @@ def test_summaries() -> None:
     assert codec.summarize([1, 2]) == "list of 2 items"
     assert codec.summarize(b"abc") == "bytes 3 bytes"
     assert codec.summarize(3) == "int"
+
+
+def test_object_columns_are_converted_slice_by_slice() -> None:
+    rows = codec.DATAFRAME_BATCH_ROWS * 2 + 5
+    frame = pd.DataFrame({"o": pd.Series([f"s{i}" for i in range(rows)], dtype=object), "i": np.arange(rows)})
+    chunks = list(codec.encode_chunks(frame))
+    back = codec.loads(b"".join(bytes(c) for c in chunks))
+    # Python strings in an object column come back as pandas' string dtype (pandas 3 default)
+    assert back["o"].tolist() == frame["o"].tolist()
+    assert same(back["i"], frame["i"])
+    fast = list(codec.encode_chunks(frame.astype({"o": "str"})))
+    assert len(chunks) > len(fast)  # three record batches instead of one

@@ -331,6 +331,7 @@ def any_store(request: pytest.FixtureRequest, airflow_home: Path) -> str:
     return request.getfixturevalue(request.param)
 
 
+@pytest.mark.slow
 def test_dag_moves_every_kind_of_value(any_store: str) -> None:
     dr = run_dag("xcom_values")
     states = task_states(dr)
