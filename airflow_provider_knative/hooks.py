@@ -24,6 +24,7 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 
 from airflow_provider_knative import config
 from airflow_provider_knative.connection import UI_FIELD_BEHAVIOUR, ServiceSettings, settings_from
+from airflow_provider_knative.deploy.names import service_name
 from airflow_provider_knative.invoker import (
     InvocationError,
     Request,
@@ -235,7 +236,9 @@ class KnativeHook(BaseHook):
             raise NoServiceURLError("KnativeOperator needs service= or url=; neither was given")
         settings = self.settings
         ns = namespace or settings.namespace
-        return url_from_template(settings.url_template, service, ns) or discover_url(service, ns)
+        # the name `airflow-knative deploy` gave the Service: a long one is shortened with a hash
+        name = service_name(service)
+        return url_from_template(settings.url_template, name, ns) or discover_url(name, ns)
 
     def invoke(self, request: Request, timeouts: Timeouts | None = None) -> Response:
         """Send ``request``; retry unavailability until the startup deadline; return the final answer."""

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from airflow_provider_knative import config
-from airflow_provider_knative.codec import HashingCounter
+from airflow_provider_knative import codec, config
+from airflow_provider_knative.codec import HashingCounter, ObjectRef
 
 Chunks = Iterable[bytes | memoryview]
 
@@ -563,6 +563,16 @@ class S3Store(ObjectStore):
 
 _cache: dict[tuple[str, str | None], ObjectStore] = {}
 _cache_lock = threading.Lock()
+
+
+def load_ref(ref: ObjectRef, store: ObjectStore | None = None) -> Any:
+    """Download a spilled value, check its size and SHA-256 while reading, and decode it.
+
+    The one way a reference becomes a value again: the XCom backend, the runtime and local
+    mode all come through here. Raises StoreError (naming the URL) or CodecError.
+    """
+    data = (store or open_store()).get_verified(ref.url, ref.size, ref.sha256)
+    return codec.loads(memoryview(data))
 
 
 def open_store(url: str | None = None) -> ObjectStore:

@@ -42,7 +42,7 @@ from airflow.sdk.bases.xcom import BaseXCom
 
 from airflow_provider_knative import codec, config
 from airflow_provider_knative.codec import ObjectRef
-from airflow_provider_knative.store import StoreError, open_store
+from airflow_provider_knative.store import StoreError, load_ref, open_store
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +227,9 @@ def load(stored: Any) -> Any:
 def fetch(ref: ObjectRef) -> Any:
     """Download, verify (size and SHA-256) and decode a spilled value; errors name the URL."""
     try:
-        data = open_store().get_verified(ref.url, ref.size, ref.sha256)
+        return load_ref(ref)
     except StoreError as exc:
         raise SpilledValueError(f"cannot read spilled XCom value {ref.url} ({ref.summary}): {exc}") from exc
-    try:
-        return codec.loads(memoryview(data))
     except codec.CodecError as exc:
         raise SpilledValueError(f"spilled XCom value {ref.url} cannot be decoded: {exc}") from None
 

@@ -77,3 +77,10 @@ def test_every_option_is_declared_for_airflow() -> None:
         assert declared["sensitive"] is option.sensitive
     assert section["options"]["signing_secret"]["sensitive"] is True
     assert section["options"]["xcom_inline_max_bytes"]["default"] == str(64 * 1024)
+
+
+def test_readme_documents_every_option():
+    """The README's configuration table is the user's reference: it must list every key."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [key for key in config.OPTIONS if f"| `{key}` |" not in readme]
+    assert not missing, f"README.md's configuration table lacks {missing}"

@@ -308,3 +308,18 @@ def test_operator_needs_service_or_url():
 def test_session_is_shared_per_process():
     assert hooks.http_session() is hooks.http_session()
     assert KnativeHook("a").get_conn() is KnativeHook("b").get_conn()
+
+
+def test_long_service_names_resolve_to_the_deployed_name(monkeypatch):
+    """A name over 63 characters is deployed shortened; the URL must use that same name."""
+    from airflow_provider_knative.deploy.names import InvalidServiceName, service_name
+    from airflow_provider_knative.hooks import KnativeHook
+
+    monkeypatch.setenv("AIRFLOW__KNATIVE__URL_TEMPLATE", "http://{service}.{namespace}.svc.cluster.local")
+    long_name = "feature-engineering-" + "x" * 60
+    url = KnativeHook().resolve_url(long_name, "ml")
+    deployed = service_name(long_name)
+    assert len(deployed) <= 63 and deployed != long_name
+    assert url == f"http://{deployed}.ml.svc.cluster.local"
+    with pytest.raises(InvalidServiceName, match="Avg_Worker"):
+        KnativeHook().resolve_url("Avg_Worker", "ml")

@@ -341,7 +341,8 @@ def test_reference_argument_and_spilled_result_through_a_file_store(
     # a reference that does not match its object is refused, not silently used
     bad = codec.ObjectRef(stored.url, stored.size, "0" * 64)
     resp, result = rt.invoke("runtime_basic/array_stats", bad, store=settings)
-    assert resp.status_code == 500 and "does not match its reference" in result.error.message
+    assert resp.status_code == 500 and result.error.type == "ObjectCorruptError"
+    assert "the reference says" in result.error.message
 
 
 # --- SIGTERM -------------------------------------------------------------------------------

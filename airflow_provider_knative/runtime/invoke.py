@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_knative import codec, protocol
+from airflow_provider_knative import codec, protocol, store
 from airflow_provider_knative.runtime import logs
 from airflow_provider_knative.runtime.loader import Function
 
@@ -191,7 +191,6 @@ def _replace(value: Any, fetched: Mapping[codec.ObjectRef, Any]) -> Any:
 
 
 def _store_for(ref: codec.ObjectRef, settings: protocol.StoreSettings | None) -> Any:
-    from airflow_provider_knative import store
 
     if settings is not None and ref.url.startswith(settings.url.rstrip("/") + "/"):
         return store.open_store(settings.url)
@@ -199,15 +198,7 @@ def _store_for(ref: codec.ObjectRef, settings: protocol.StoreSettings | None) ->
 
 
 def _fetch_one(ref: codec.ObjectRef, settings: protocol.StoreSettings | None) -> Any:
-    import hashlib
-
-    data = _store_for(ref, settings).get(ref.url)
-    if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
-        raise codec.CodecError(
-            f"{ref.url} does not match its reference (size {len(data)} vs {ref.size}, or checksum): "
-            "the object was overwritten or corrupted"
-        )
-    return codec.loads(data)
+    return store.load_ref(ref, _store_for(ref, settings))
 
 
 def _fetch(args: list[Any], kwargs: dict[str, Any], inv: protocol.Invocation) -> tuple[list[Any], dict]:
@@ -281,7 +272,6 @@ def _result_value(value: Any, inv: protocol.Invocation) -> Any:
     size = sum(c.nbytes if isinstance(c, memoryview) else len(c) for c in chunks)
     if size <= settings.inline_max_bytes:
         return value
-    from airflow_provider_knative import store
 
     target = store.open_store(settings.url)
     ctx = inv.context
