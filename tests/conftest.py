@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -85,8 +86,8 @@ def airflow_home() -> Iterator[Path]:
     yield _HOME
 
 
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[str]:
+@contextmanager
+def running_moto_server() -> Iterator[str]:
     """A real S3-protocol HTTP server (moto in server mode) on 127.0.0.1; yields its URL."""
     port = free_port()
     proc = subprocess.Popen(
@@ -99,6 +100,13 @@ def moto_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """The session's moto S3 server (see ``running_moto_server``)."""
+    with running_moto_server() as url:
+        yield url
 
 
 @pytest.fixture
