@@ -16,6 +16,7 @@ import queue
 import tempfile
 import threading
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -153,37 +154,34 @@ def safe_segment(text: str) -> str:
     return cleaned.strip(".") or "_"
 
 
-class ObjectStore:
-    """Base class: the operations the XCom backend, the runtime and cleanup need."""
+class ObjectStore(ABC):
+    """The operations the XCom backend, the runtime and cleanup need, whatever the URL scheme."""
 
     root_url: str
 
+    @abstractmethod
     def put(self, key: str, chunks: Chunks) -> StoredObject:
         """Write an object from chunks; it appears whole or not at all."""
-        raise NotImplementedError
 
+    @abstractmethod
     def get(self, url: str) -> bytearray:
         """Read a whole object into one bytearray."""
-        raise NotImplementedError
 
+    @abstractmethod
     def get_verified(self, url: str, size: int, sha256: str) -> Buffer:
         """Read an object and check it against its reference; ObjectCorruptError if it differs.
 
         Returns a writable buffer (a bytearray, or an anonymous mmap for large objects: see
-        ``_allocate``) for ``codec.loads``. Stores override this to hash while reading.
+        ``_allocate``) for ``codec.loads``, hashing while reading rather than afterwards.
         """
-        data = self.get(url)
-        _check(url, size, sha256, len(data), None)
-        _check(url, size, sha256, len(data), hashlib.sha256(data).hexdigest())
-        return data
 
+    @abstractmethod
     def delete(self, url: str) -> None:
         """Delete an object; deleting one that is already gone is not an error."""
-        raise NotImplementedError
 
+    @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ListedObject]:
         """Every object under the root (optionally under ``prefix`` below it)."""
-        raise NotImplementedError
 
     def key_of(self, url: str) -> str:
         """The key of ``url`` below this store's root; refuses URLs outside it."""
