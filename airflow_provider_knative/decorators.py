@@ -34,11 +34,9 @@ from airflow.sdk.exceptions import AirflowException
 from airflow_provider_knative import codec, config, protocol
 from airflow_provider_knative.invoker import Request
 from airflow_provider_knative.operators import KnativeOperator
+from airflow_provider_knative.runtime import invoke
 from airflow_provider_knative.runtime.invoke import CONTEXT_PARAMETERS
-
-#: context values a function running in the Knative pod can receive by parameter name
-#: (the runtime fills exactly these; local mode mirrors it)
-REMOTE_CONTEXT_KEYS = CONTEXT_PARAMETERS
+from airflow_provider_knative.runtime.loader import Function
 
 
 def _pass_references() -> Any:
@@ -82,45 +80,13 @@ def _remote_context(context: Mapping[str, Any], dag_id: str, task_id: str) -> di
 def _check_context_parameters(fn: Callable[..., Any], op_kwargs: Mapping[str, Any]) -> None:
     """Refuse, at parse time, a context parameter the function could never receive remotely."""
     for name in inspect.signature(fn).parameters:
-        if name in KNOWN_CONTEXT_KEYS and name not in REMOTE_CONTEXT_KEYS and name not in op_kwargs:
+        if name in KNOWN_CONTEXT_KEYS and name not in CONTEXT_PARAMETERS and name not in op_kwargs:
             raise ValueError(
                 f"{fn.__name__}() takes the Airflow context value {name!r}, but a @task.knative "
                 f"function runs inside a Knative Service, outside Airflow: it can receive only "
-                f"{', '.join(REMOTE_CONTEXT_KEYS)} from the context. Compute {name!r} in an "
+                f"{', '.join(CONTEXT_PARAMETERS)} from the context. Compute {name!r} in an "
                 f"upstream task and pass it as an argument, or rename the parameter."
             )
-
-
-def bind_context(
-    fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], ctx: Mapping[str, Any]
-) -> None:
-    """Hand context values to parameters of the same name that the caller left out (in place)."""
-    signature = inspect.signature(fn)
-    bound = signature.bind_partial(*args, **kwargs).arguments
-    for name in REMOTE_CONTEXT_KEYS:
-        param = signature.parameters.get(name)
-        if (
-            param is not None
-            and name in ctx
-            and name not in bound
-            and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
-        ):
-            kwargs[name] = ctx[name]
-
-
-def _fetch_refs(value: Any) -> Any:
-    """Local mode: replace ObjectRefs by their values, as the runtime does in the pod."""
-    from airflow_provider_knative.xcom import fetch
-
-    if isinstance(value, codec.ObjectRef):
-        return fetch(value)
-    if isinstance(value, list):
-        return [_fetch_refs(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_fetch_refs(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _fetch_refs(v) for k, v in value.items()}
-    return value
 
 
 class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
@@ -213,16 +179,14 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
 
     def _run_locally(self, context: Any) -> Any:
         """Call the function here, with the same encode/decode steps as a remote call."""
-        invocation = self.invocation(context)
-        received = protocol.Invocation.decode(self._encode(invocation))
-        args, kwargs = _fetch_refs(received.args), _fetch_refs(received.kwargs)
-        bind_context(self.python_callable, args, kwargs, received.context)
+        received = protocol.Invocation.decode(self._encode(self.invocation(context)))
+        fn = Function.of(self.python_callable, self.dag_id, self.task_id, fileloc="")
+        try:
+            args, kwargs = invoke.prepare(fn, received)
+        except invoke.Rejected as exc:
+            raise AirflowException(f"{self.task_id}: {exc.message}") from None
         self.log.info("Running %s locally ([knative] local_mode)", received.function_id)
-        value = self.python_callable(*args, **kwargs)
-        if inspect.iscoroutine(value):
-            import asyncio
-
-            value = asyncio.run(value)
+        value = invoke.call(fn, args, kwargs)
         try:
             return codec.loads(codec.dumps(value))
         except TypeError as exc:

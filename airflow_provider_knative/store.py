@@ -563,6 +563,35 @@ _cache: dict[tuple[str, str | None], ObjectStore] = {}
 _cache_lock = threading.Lock()
 
 
+def encode_or_spill(
+    value: Any, limit: int, segments: Iterable[str], store: ObjectStore | None = None
+) -> bytes | ObjectRef:
+    """The encoded ``value`` when it fits in ``limit`` bytes, else a reference to it in the store.
+
+    The one way a value is spilled (the XCom backend and the runtime both come here). Encoded
+    chunks are buffered only up to the limit; past it everything streams to the store, so a
+    large value is never held encoded as a whole. Raises TypeError for a value the codec
+    cannot carry and StoreError when the store cannot take it.
+    """
+    chunks = codec.encode_chunks(value)
+    head: list[bytes | memoryview] = []
+    buffered = 0
+    for chunk in chunks:
+        buffered += chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
+        head.append(chunk)
+        if buffered > limit:
+            target = store or open_store()
+
+            def stream() -> Iterator[bytes | memoryview]:
+                yield from head
+                head.clear()  # drop the buffered chunks as soon as they are written
+                yield from chunks
+
+            stored = target.put(target.new_key(*segments), stream())
+            return ObjectRef(stored.url, stored.size, stored.sha256, codec.summarize(value))
+    return b"".join(head)
+
+
 def load_ref(ref: ObjectRef, store: ObjectStore | None = None) -> Any:
     """Download a spilled value, check its size and SHA-256 while reading, and decode it.
 

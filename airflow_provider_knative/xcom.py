@@ -42,7 +42,7 @@ from airflow.sdk.bases.xcom import BaseXCom
 
 from airflow_provider_knative import codec, config
 from airflow_provider_knative.codec import ObjectRef
-from airflow_provider_knative.store import StoreError, load_ref, open_store
+from airflow_provider_knative.store import StoreError, encode_or_spill, load_ref, open_store
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,6 @@ def _as_plain_json(value: Any, limit: int) -> bool:
         return False
 
 
-def _chunk_size(chunk: bytes | memoryview) -> int:
-    return chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
-
-
 def spill(
     value: Any,
     *,
@@ -156,39 +152,20 @@ def spill(
     limit = config.get("xcom_inline_max_bytes", cached=True) if inline_max_bytes is None else inline_max_bytes
     if _as_plain_json(value, limit):
         return value
-    chunks = codec.encode_chunks(value)
-    head: list[bytes | memoryview] = []
-    buffered = 0
-    for chunk in chunks:
-        buffered += _chunk_size(chunk)
-        head.append(chunk)
-        if buffered > limit:
-            return _put(value, head, chunks, (dag_id, run_id, task_id, map_index, key))
-    return {MARKER: MARKER_VERSION, "packed": base64.b64encode(b"".join(head)).decode("ascii")}
-
-
-def _put(value: Any, head: list[bytes | memoryview], rest: Iterator[bytes | memoryview], where: tuple) -> Any:
-    dag_id, run_id, task_id, map_index, key = where
-    store = open_store()
+    where = (dag_id, run_id, task_id, map_index, key)
     segments = [dag_id or "_", run_id or "_", task_id or "_"]
     if map_index is not None and map_index >= 0:
         segments.append(str(map_index))
     segments.append(key or "_")
-
-    def stream() -> Iterator[bytes | memoryview]:
-        yield from head
-        head.clear()  # drop the buffered chunks as soon as they are written
-        yield from rest
-
-    object_key = store.new_key(*segments)
     try:
-        stored = store.put(object_key, stream())
+        packed = encode_or_spill(value, limit, segments)
     except StoreError as exc:
         raise SpilledValueError(
             f"cannot spill XCom {_describe(where)} ({codec.summarize(value)}) to the object store: {exc}"
         ) from exc
-    ref = ObjectRef(url=stored.url, size=stored.size, sha256=stored.sha256, summary=codec.summarize(value))
-    return _ref_marker(ref)
+    if isinstance(packed, ObjectRef):
+        return _ref_marker(packed)
+    return {MARKER: MARKER_VERSION, "packed": base64.b64encode(packed).decode("ascii")}
 
 
 def _describe(where: tuple) -> str:

@@ -225,6 +225,14 @@ def _fetch(args: list[Any], kwargs: dict[str, Any], inv: protocol.Invocation) ->
     return _replace(args, fetched), _replace(kwargs, fetched)
 
 
+def prepare(fn: Function, inv: protocol.Invocation) -> tuple[list[Any], dict[str, Any]]:
+    """The arguments to call ``fn`` with: checked against its signature, context parameters
+    filled in, references fetched from the store. Local mode uses this too, so a function
+    sees exactly what it would see in the pod. Raises Rejected."""
+    args, kwargs = _bind(fn, inv)
+    return _fetch(args, kwargs, inv)
+
+
 def _type_name(exc: BaseException) -> str:
     cls = type(exc)
     module = cls.__module__
@@ -246,18 +254,32 @@ def _user_traceback(exc: BaseException) -> str:
     return _clean("".join(traceback.format_exception(type(exc), exc, tb)))
 
 
-def _call(fn: Function, args: list[Any], kwargs: dict[str, Any]) -> Any:
+def call(fn: Function, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Run the function; an async one gets an event loop of its own in this thread."""
     result = fn.callable(*args, **kwargs)
     if fn.is_async or inspect.iscoroutine(result):
-        # an async task function gets an event loop of its own in this worker thread
         result = asyncio.run(result)
     return result
 
 
 def _result_value(value: Any, inv: protocol.Invocation) -> Any:
     """The value to answer with: inline, or spilled to the store as an ObjectRef when large."""
+    settings = inv.store
     try:
-        chunks = list(codec.encode_chunks(value))
+        if settings is None:  # the caller gave no store: always inline, but check it encodes
+            codec.dumps(value)
+            return value
+        segments = [s for s in settings.key_prefix.split("/") if s]
+        segments += [str(inv.context.get(k, "_")) for k in ("dag_id", "run_id", "task_id")]
+        try:
+            target = store.open_store(settings.url)
+            spilled = store.encode_or_spill(value, settings.inline_max_bytes, segments, target)
+        except TypeError:
+            raise
+        except Exception as exc:
+            raise Rejected(
+                500, type(exc).__name__, f"cannot spill the result to {settings.url}: {exc}"
+            ) from None
     except TypeError as exc:
         raise Rejected(
             500,
@@ -266,24 +288,7 @@ def _result_value(value: Any, inv: protocol.Invocation) -> Any:
             f"{_clean(str(exc)).replace('value', 'result', 1)}. Return plain data, numpy arrays, "
             "DataFrames or Arrow tables (no pickle)",
         ) from None
-    settings = inv.store
-    if settings is None:
-        return value
-    size = sum(c.nbytes if isinstance(c, memoryview) else len(c) for c in chunks)
-    if size <= settings.inline_max_bytes:
-        return value
-
-    target = store.open_store(settings.url)
-    ctx = inv.context
-    segments = [s for s in settings.key_prefix.split("/") if s]
-    segments += [str(ctx.get(k, "_")) for k in ("dag_id", "run_id", "task_id")]
-    try:
-        stored = target.put(target.new_key(*segments), chunks)
-    except Exception as exc:
-        raise Rejected(500, type(exc).__name__, f"cannot spill the result to {settings.url}: {exc}") from None
-    return codec.ObjectRef(
-        url=stored.url, size=stored.size, sha256=stored.sha256, summary=codec.summarize(value)
-    )
+    return spilled if isinstance(spilled, codec.ObjectRef) else value
 
 
 def handle(
@@ -299,11 +304,10 @@ def handle(
         _verify(body, headers, limits)
         inv = _decode(body)
         fn = _lookup(inv, functions)
-        args, kwargs = _bind(fn, inv)
-        args, kwargs = _fetch(args, kwargs, inv)
+        args, kwargs = prepare(fn, inv)
         capture, token = logs.start(limits.log_max_bytes)
         try:
-            value = _call(fn, args, kwargs)
+            value = call(fn, args, kwargs)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # SystemExit from sys.exit() in a task is a task failure too

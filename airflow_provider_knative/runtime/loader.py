@@ -44,6 +44,24 @@ class Function:
     fileloc: str
     is_async: bool = False
 
+    @classmethod
+    def of(cls, fn: Callable[..., Any], dag_id: str, task_id: str, fileloc: str) -> Function:
+        """The allowlist entry for a task's function (local mode builds one the same way)."""
+        try:
+            signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            signature = None
+        return cls(
+            function_id=protocol.function_id(dag_id, task_id),
+            source_hash=protocol.source_hash(fn),
+            callable=fn,
+            signature=signature,
+            dag_id=dag_id,
+            task_id=task_id,
+            fileloc=fileloc,
+            is_async=inspect.iscoroutinefunction(inspect.unwrap(fn)),
+        )
+
 
 @dataclass
 class ImportFailure:
@@ -152,21 +170,7 @@ def knative_functions(dags: Iterable[Any], fileloc: str) -> Iterator[Function]:
         for task in dag.tasks:
             if getattr(task, "operator_name", None) != KNATIVE_OPERATOR_NAME:
                 continue
-            fn = task.python_callable
-            try:
-                signature: inspect.Signature | None = inspect.signature(fn)
-            except (TypeError, ValueError):
-                signature = None
-            yield Function(
-                function_id=protocol.function_id(dag.dag_id, task.task_id),
-                source_hash=protocol.source_hash(fn),
-                callable=fn,
-                signature=signature,
-                dag_id=dag.dag_id,
-                task_id=task.task_id,
-                fileloc=fileloc,
-                is_async=inspect.iscoroutinefunction(inspect.unwrap(fn)),
-            )
+            yield Function.of(task.python_callable, dag.dag_id, task.task_id, fileloc)
 
 
 def load(
