@@ -161,8 +161,9 @@ def bench_big(mib: int) -> dict[str, float]:
 
     import boto3
     import numpy as np
-    from conftest import BIN, TEST_DAGS, running_moto_server
+    from conftest import TEST_DAGS
     from runtime_process import start_runtime
+    from servers import BIN, running_moto_server
 
     with running_moto_server() as endpoint:
         bucket = f"bench-{uuid.uuid4().hex[:8]}"

@@ -33,6 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from servers import running_moto_server
+
 # the peak-RSS child processes share the parent's scratch folder and settings
 _WORK = Path(os.environ.get("KNATIVE_BENCH_WORK") or tempfile.mkdtemp(prefix="knative-bench-"))
 os.environ.update(
@@ -114,32 +117,6 @@ def _check_equal(a: Any, b: Any) -> None:
         assert np.array_equal(a, b)
     else:
         assert a == b, (a, b)
-
-
-# --------------------------------------------------------------------------------------
-# moto server
-# --------------------------------------------------------------------------------------
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    moto = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("moto_server did not start")
 
 
 # --------------------------------------------------------------------------------------
@@ -317,12 +294,8 @@ def main() -> int:
             "x faster",
         )
     )
-    proc, endpoint = start_moto()
-    try:
+    with running_moto_server() as endpoint:
         ours, single, theirs = bench_frame_s3(frame, endpoint, repeat)
-    finally:
-        proc.terminate()
-        proc.wait()
     results.append(
         (
             f"{label}, S3 (moto)",

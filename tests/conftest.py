@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from servers import BIN, running_moto_server
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DAGS = Path(__file__).resolve().parent / "dags"
-BIN = Path(sys.executable).parent
 
 _HOME = Path(tempfile.mkdtemp(prefix="knative-test-airflow-"))
 os.environ.update(
@@ -41,36 +37,6 @@ os.environ.update(
 os.environ.pop("AWS_PROFILE", None)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="session")
 def airflow_home() -> Iterator[Path]:
     """The session's AIRFLOW_HOME with a migrated database (needed by ``dag.test()``)."""
@@ -84,22 +50,6 @@ def airflow_home() -> Iterator[Path]:
             env=os.environ.copy(),
         )
     yield _HOME
-
-
-@contextmanager
-def running_moto_server() -> Iterator[str]:
-    """A real S3-protocol HTTP server (moto in server mode) on 127.0.0.1; yields its URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port
+from conftest import REPO
+from servers import free_port
 
 from airflow_provider_knative.localstack.client import StackClient
 from airflow_provider_knative.localstack.stack import LocalStack

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port
 from fake_kube_api import FakeKnativeApi, run_deploy_cli, validation_errors
+from servers import free_port
 
 from airflow_provider_knative.deploy.names import service_name
 

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import requests
 from airflow.sdk.exceptions import AirflowException
-from conftest import TEST_DAGS, free_port
+from conftest import TEST_DAGS
 from fake_kube_api import FakeKnativeApi
 from knative_dagrun import run_dag, xcom_value
 from runtime_process import RuntimeProcess, start_runtime
+from servers import free_port
 
 from airflow_provider_knative import hooks, protocol
 from airflow_provider_knative.hooks import KnativeHook, NoServiceURLError

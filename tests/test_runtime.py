@@ -379,8 +379,8 @@ def test_console_script_serves_on_dollar_port(tmp_path: Path) -> None:
     """The container entrypoint: ``airflow-knative serve`` listens on $PORT when --port is absent."""
     import subprocess
 
-    from conftest import free_port
     from runtime_process import CONSOLE_SCRIPT
+    from servers import free_port
 
     port = free_port()
     log_path = tmp_path / "serve.log"

@@ -9,8 +9,9 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from conftest import TEST_DAGS, free_port
+from conftest import TEST_DAGS
 from runtime_process import RuntimeProcess, start_runtime
+from servers import free_port
 
 from airflow_provider_knative import protocol, store
 from airflow_provider_knative.invoker import Timeouts, pack_bytes, read_result, unpack_bytes
