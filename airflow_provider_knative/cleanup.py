@@ -2,11 +2,13 @@
 
 Airflow calls the backend's ``purge`` only when a task is cleared and runs again; deleting
 XComs through the REST API, deleting a DAG run and ``airflow db clean`` remove the rows and
-leave the objects. This command lists the spilled objects (``*.knc``) in the configured
-store, collects every reference still held by a row of the ``xcom`` table (read through
-Airflow's ORM, so it works on any metadata database), and deletes the objects nobody
-references that are older than ``--min-age-seconds``, so an object that was just uploaded
-and whose row is not written yet is left alone.
+leave the objects. This command lists every object the provider wrote (``*.knc``, one key
+layout for XCom values, results spilled by the runtime and the bodies of deferred calls) in
+the configured store, collects every reference still held by a row of the ``xcom`` table
+(read through Airflow's ORM, so it works on any metadata database), and deletes the objects
+nobody references that are older than ``--min-age-seconds``, so an object that was just
+uploaded and whose row is not written yet is left alone (a deferred call's bodies live no
+longer than the call).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Any
 #: objects younger than this are never deleted (an upload whose row is not written yet, a
 #: result on its way back from a Knative function)
 DEFAULT_MIN_AGE_SECONDS = 24 * 3600
-SPILL_SUFFIX = ".knc"
 
 
 def register(subparsers: Any) -> None:
@@ -82,19 +83,11 @@ def referenced_urls(values: Iterable[Any]) -> set[str]:
     return urls
 
 
-def _collect_refs(value: Any, urls: set[str], depth: int = 0) -> None:
+def _collect_refs(value: Any, urls: set[str]) -> None:
     from airflow_provider_knative.codec import ObjectRef
+    from airflow_provider_knative.walk import leaves
 
-    if depth > 64:
-        return
-    if isinstance(value, ObjectRef):
-        urls.add(value.url)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _collect_refs(item, urls, depth + 1)
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        for item in value:
-            _collect_refs(item, urls, depth + 1)
+    urls.update(item.url for item in leaves(value) if isinstance(item, ObjectRef))
 
 
 def xcom_values() -> Iterator[Any]:
@@ -113,13 +106,13 @@ def xcom_values() -> Iterator[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from airflow_provider_knative.store import StoreError, open_store
+    from airflow_provider_knative.store import SUFFIX, StoreError, open_store
 
     target = open_store(args.store_url)
     now = time.time()
     # list the store first: an object written after this point cannot be deleted by this
     # run, and its row, written before or after, is not needed to keep it
-    candidates = [o for o in target.list() if o.url.endswith(SPILL_SUFFIX)]
+    candidates = [o for o in target.list() if o.url.endswith(SUFFIX)]
     live = referenced_urls(xcom_values())
     deleted = kept_young = failed = 0
     freed = 0

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import hashlib
 import struct
 import uuid
 from collections.abc import Iterable, Iterator
@@ -36,6 +35,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+
+from airflow_provider_knative.errors import CodecError
+
+__all__ = ["CodecError", "ObjectRef", "dumps", "encode_chunks", "loads", "split_frame", "summarize"]
 
 MAGIC = b"KNC1"
 TRAILER_MAGIC = b"KNCE"
@@ -50,10 +53,6 @@ MAX_NDIM = 64
 _HEAD = struct.Struct("<4sQ")
 _TAIL = struct.Struct("<I4s")
 _U64 = struct.Struct("<Q")
-
-
-class CodecError(ValueError):
-    """Bytes that are not a valid encoded value. The only error decoding raises."""
 
 
 # extension type codes: never renumber, they are part of the wire format
@@ -640,23 +639,3 @@ def summarize(value: Any) -> str:
     if isinstance(value, str):
         return f"str of {len(value)} chars"
     return name
-
-
-class HashingCounter:
-    """Counts and hashes chunks as they stream past, so a spill is checksummed in one pass."""
-
-    def __init__(self) -> None:
-        self.size = 0
-        self._sha = hashlib.sha256()
-
-    def feed(self, chunks: Iterable[bytes | memoryview]) -> Iterator[bytes | memoryview]:
-        for chunk in chunks:
-            n = len(chunk) if not isinstance(chunk, memoryview) else chunk.nbytes
-            if n:
-                self._sha.update(chunk)
-                self.size += n
-                yield chunk
-
-    @property
-    def sha256(self) -> str:
-        return self._sha.hexdigest()

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_knative.errors import ConfigError
+
+__all__ = ["OPTIONS", "SECTION", "ConfigError", "Option", "get", "provider_config_section", "signing_secret"]
+
 SECTION = "knative"
-
-
-class ConfigError(ValueError):
-    """A ``[knative]`` option holds a value that cannot be used."""
 
 
 @dataclass(frozen=True)

@@ -22,21 +22,25 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import attr
-from airflow.sdk.bases.decorator import (
-    DecoratedMappedOperator,
-    DecoratedOperator,
-    TaskDecorator,
-    _TaskDecorator,
-)
+from airflow.sdk.bases.decorator import DecoratedMappedOperator, DecoratedOperator, TaskDecorator
 from airflow.sdk.definitions.context import KNOWN_CONTEXT_KEYS
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_knative import codec, config, protocol
-from airflow_provider_knative.invoker import Request
-from airflow_provider_knative.operators import KnativeOperator
-from airflow_provider_knative.runtime import invoke
-from airflow_provider_knative.runtime.invoke import CONTEXT_PARAMETERS
-from airflow_provider_knative.runtime.loader import Function
+from airflow_provider_knative import codec, config, functions, protocol, walk
+from airflow_provider_knative.airflow_compat import KnativeTaskDecorator
+from airflow_provider_knative.errors import KnativeError, RemoteFunctionError
+from airflow_provider_knative.invoker import Request, Response, read_result
+from airflow_provider_knative.operators import KnativeOperator, airflow_errors
+
+REMOTE_LOG_END = "---- end of remote logs ----"
+
+
+class KnativeFunctionError(KnativeError, AirflowException):
+    """The function raised inside the Knative Service. Message: remote type, message, traceback."""
+
+    def __init__(self, message: str, remote_type: str = "") -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
 
 
 def _pass_references() -> Any:
@@ -52,15 +56,12 @@ def _materialize(value: Any) -> Any:
     """
     from airflow.sdk.execution_time.lazy_sequence import LazyXComSequence
 
-    if isinstance(value, LazyXComSequence):
-        return [_materialize(v) for v in value]
-    if type(value) is list:
-        return [_materialize(v) for v in value]
-    if type(value) is tuple:
-        return tuple(_materialize(v) for v in value)
-    if type(value) is dict:
-        return {k: _materialize(v) for k, v in value.items()}
-    return value
+    def leaf(item: Any) -> Any:
+        if isinstance(item, LazyXComSequence):
+            return walk.rebuild(list(item), leaf)
+        return item
+
+    return walk.rebuild(value, leaf)
 
 
 def _remote_context(context: Mapping[str, Any], dag_id: str, task_id: str) -> dict[str, Any]:
@@ -79,12 +80,13 @@ def _remote_context(context: Mapping[str, Any], dag_id: str, task_id: str) -> di
 
 def _check_context_parameters(fn: Callable[..., Any], op_kwargs: Mapping[str, Any]) -> None:
     """Refuse, at parse time, a context parameter the function could never receive remotely."""
+    allowed = functions.CONTEXT_PARAMETERS
     for name in inspect.signature(fn).parameters:
-        if name in KNOWN_CONTEXT_KEYS and name not in CONTEXT_PARAMETERS and name not in op_kwargs:
+        if name in KNOWN_CONTEXT_KEYS and name not in allowed and name not in op_kwargs:
             raise ValueError(
                 f"{fn.__name__}() takes the Airflow context value {name!r}, but a @task.knative "
                 f"function runs inside a Knative Service, outside Airflow: it can receive only "
-                f"{', '.join(CONTEXT_PARAMETERS)} from the context. Compute {name!r} in an "
+                f"{', '.join(allowed)} from the context. Compute {name!r} in an "
                 f"upstream task and pass it as an argument, or rename the parameter."
             )
 
@@ -92,11 +94,15 @@ def _check_context_parameters(fn: Callable[..., Any], op_kwargs: Mapping[str, An
 class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
     """The operator behind ``@task.knative``: a Python function called through the runtime.
 
+    It overrides the two extension points of ``KnativeOperator``: ``build_request`` sends a
+    ``protocol.Invocation``; ``read_response`` reads a ``protocol.Result``, re-emits the
+    function's logs and fails the task with the remote traceback when the function raised.
+
     :param local: run in this process instead (default ``[knative] local_mode``).
     :param allow_skew: let the runtime run its deployed version even if the source differs.
     """
 
-    custom_operator_name = "@task.knative"
+    custom_operator_name = functions.DECORATOR_NAME
     template_fields: Sequence[str] = (*DecoratedOperator.template_fields, *KnativeOperator.template_fields)
 
     def __init__(
@@ -113,14 +119,10 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
         self.local = local  # None: [knative] local_mode of the process that runs the task
         self.allow_skew = allow_skew
 
-    @property
-    def speaks_protocol(self) -> bool:
-        return True
-
-    def _do_render_template_fields(self, *args: Any, **kwargs: Any) -> None:
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         # XComArgs in op_args/op_kwargs are pulled here: keep spilled values as references
         with _pass_references():
-            super()._do_render_template_fields(*args, **kwargs)
+            super().render_template_fields(context, jinja_env)
 
     # ------------------------------------------------------------------ the invocation
 
@@ -130,17 +132,21 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
 
     def invocation(self, context: Mapping[str, Any]) -> protocol.Invocation:
         args, kwargs = self._arguments()
+        remote = _remote_context(context, self.dag_id, self.task_id)
         return protocol.Invocation(
             function_id=protocol.function_id(self.dag_id, self.task_id),
             source_hash=protocol.source_hash(self.python_callable),
             args=args,
             kwargs=kwargs,
-            context=_remote_context(context, self.dag_id, self.task_id),
+            context=remote,
             store=protocol.StoreSettings(
                 url=config.get("xcom_store_url"),
                 inline_max_bytes=config.get("xcom_inline_max_bytes"),
             ),
             allow_skew=self.allow_skew,
+            invocation_id=protocol.invocation_id(
+                self.dag_id, remote["run_id"], self.task_id, remote["map_index"], remote["try_number"]
+            ),
         )
 
     def _encode(self, invocation: protocol.Invocation) -> bytes:
@@ -154,10 +160,23 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
             ) from None
 
     def build_request(self, context: Any) -> Request:
-        body = self._encode(self.invocation(context))
-        return Request(url=self.base_url() + protocol.INVOKE_PATH, body=body)
+        invocation = self.invocation(context)
+        return Request(
+            url=self.base_url() + protocol.INVOKE_PATH,
+            body=self._encode(invocation),
+            invocation_id=invocation.invocation_id,
+        )
 
-    def result_value(self, result: protocol.Result, context: Any) -> Any:
+    def read_response(self, response: Response, url: str, context: Any) -> Any:
+        try:
+            result = read_result(response, url)
+        except RemoteFunctionError as exc:
+            self._emit_remote_logs(exc.result)  # type: ignore[arg-type]
+            remote_type = getattr(getattr(exc.result, "error", None), "type", "")
+            raise KnativeFunctionError(
+                f"{self.task_id}: the function failed in {self._where()}: {exc}", remote_type
+            ) from None
+        self._emit_remote_logs(result)
         value = result.value
         if self.multiple_outputs and isinstance(value, codec.ObjectRef):
             # Airflow needs the dict to push one XCom per key; each large key is spilled again
@@ -166,6 +185,23 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
             self.log.info("multiple_outputs: fetching the spilled result %s to split it", value.url)
             value = fetch(value)
         return value
+
+    def _where(self) -> str:
+        return self.service or self.url or "the service"
+
+    def _emit_remote_logs(self, result: protocol.Result) -> None:
+        """Re-emit what the function logged or printed, fenced so it is not mistaken for ours."""
+        if not result.logs:
+            return
+        cut = " (truncated: [knative] log_max_bytes)" if result.logs_truncated else ""
+        self.log.info(
+            "---- remote logs (%s, %.2f s)%s ----\n%s\n%s",
+            self._where(),
+            result.duration_seconds,
+            cut,
+            result.logs.rstrip("\n"),
+            REMOTE_LOG_END,
+        )
 
     # ------------------------------------------------------------------ execution
 
@@ -180,28 +216,20 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
     def _run_locally(self, context: Any) -> Any:
         """Call the function here, with the same encode/decode steps as a remote call."""
         received = protocol.Invocation.decode(self._encode(self.invocation(context)))
-        fn = Function.of(self.python_callable, self.dag_id, self.task_id, fileloc="")
-        try:
-            args, kwargs = invoke.prepare(fn, received)
-        except invoke.Rejected as exc:
-            raise AirflowException(f"{self.task_id}: {exc.message}") from None
-        self.log.info("Running %s locally ([knative] local_mode)", received.function_id)
-        value = invoke.call(fn, args, kwargs)
-        try:
-            return codec.loads(codec.dumps(value))
-        except TypeError as exc:
-            raise AirflowException(
-                f"{self.task_id}: the return value cannot be sent back: "
-                f"{str(exc).replace('value', 'result', 1)}. Return plain data, numpy arrays, "
-                f"DataFrames or Arrow tables (no pickle)"
-            ) from None
+        fn = functions.Function.of(self.python_callable, self.dag_id, self.task_id, fileloc="")
+        with airflow_errors(self.task_id):
+            args, kwargs = functions.prepare(fn, received)
+            self.log.info("Running %s locally ([knative] local_mode)", received.function_id)
+            value = functions.call(fn, args, kwargs)
+            return functions.round_trip(value, received.function_id)
 
 
 class _KnativeMappedOperator(DecoratedMappedOperator):
     """A mapped ``@task.knative``: its expanded arguments are resolved as references too.
 
     ``MappedOperator.render_template_fields`` pulls the ``.expand()`` values before the
-    operator exists, so the pass-by-reference window has to open here, one step earlier.
+    operator exists, so the pass-by-reference window has to open here, one step earlier
+    (see ``airflow_compat``).
     """
 
     __slots__ = ()
@@ -209,18 +237,6 @@ class _KnativeMappedOperator(DecoratedMappedOperator):
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         with _pass_references():
             super().render_template_fields(context, jinja_env)
-
-
-@attr.define(slots=False)
-class _KnativeTaskDecorator(_TaskDecorator):
-    """``_TaskDecorator`` whose ``.expand()`` builds a :class:`_KnativeMappedOperator`."""
-
-    def _expand(self, *args: Any, **kwargs: Any) -> Any:
-        xcom_arg = super()._expand(*args, **kwargs)
-        operator = getattr(xcom_arg, "operator", None)
-        if type(operator) is DecoratedMappedOperator:
-            operator.__class__ = _KnativeMappedOperator
-        return xcom_arg
 
 
 def knative_task(
@@ -231,16 +247,18 @@ def knative_task(
     """Run the decorated function in the Knative Service named by ``service=``.
 
     Every ``KnativeOperator`` argument is accepted (``service``, ``namespace``, ``url``,
-    ``deferrable``, timeouts, ``service_settings``...) plus ``local`` and ``allow_skew``.
+    ``deferrable``, timeouts, ``idempotent``, ``service_settings``...) plus ``local`` and
+    ``allow_skew``.
     """
     multiple = cast("bool", attr.NOTHING) if multiple_outputs is None else multiple_outputs
 
     def decorate(fn: Callable[..., Any]) -> Any:
-        return _KnativeTaskDecorator(
+        return KnativeTaskDecorator(
             function=fn,
             multiple_outputs=multiple,
             operator_class=_KnativeDecoratedOperator,
             kwargs=kwargs,
+            mapped_class=_KnativeMappedOperator,
         )
 
     if python_callable is not None:

@@ -1,4 +1,9 @@
-"""``KnativeHook``: where a Knative Service lives and one pooled HTTP session to call it.
+"""``KnativeHook``: where a Knative Service lives, and the call to it, sync and async.
+
+``invoke`` (requests, one pooled session per process, in the worker) and ``ainvoke`` (httpx,
+in the triggerer) sit side by side and only drive ``invoker.call_flow``, which makes every
+retry decision, so both paths behave the same. Library exceptions become
+``invoker.TransportFailure`` in one function per library.
 
 Settings come from the ``knative`` connection when there is one and from the ``[knative]``
 config section otherwise, so a deployment that only sets ``AIRFLOW__KNATIVE__*`` (the Helm
@@ -12,6 +17,7 @@ is ``discover``. Discovered URLs are cached for the life of the process.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import socket
 import threading
@@ -24,24 +30,27 @@ from airflow.sdk.exceptions import AirflowNotFoundException
 
 from airflow_provider_knative import config
 from airflow_provider_knative.connection import UI_FIELD_BEHAVIOUR, ServiceSettings, settings_from
-from airflow_provider_knative.deploy.names import service_name
-from airflow_provider_knative.invoker import (
+from airflow_provider_knative.errors import (
+    ClusterError,
+    InvocationCancelled,
     InvocationError,
+    NoServiceURLError,
+)
+from airflow_provider_knative.invoker import (
+    FailureKind,
+    Outcome,
     Request,
     Response,
-    RetrySchedule,
+    Send,
     Timeouts,
-    read_timeout,
+    TransportFailure,
+    Wait,
+    call_flow,
 )
+from airflow_provider_knative.knative.names import service_name
 
 #: url_template value that asks for Kubernetes discovery instead of a template
 DISCOVER = "discover"
-
-KNATIVE_GROUP, KNATIVE_VERSION, KNATIVE_PLURAL = "serving.knative.dev", "v1", "services"
-
-
-class NoServiceURLError(ValueError):
-    """None of the three URL sources yields a URL for this service."""
 
 
 def url_from_template(template: str, service: str, namespace: str) -> str | None:
@@ -57,51 +66,14 @@ def url_from_template(template: str, service: str, namespace: str) -> str | None
         ) from None
 
 
-# --------------------------------------------------------------------------------------
-# Discovery through the Kubernetes API (cached per process)
-# --------------------------------------------------------------------------------------
-
-_discovered: dict[tuple[str, str], str] = {}
-_discovered_lock = threading.Lock()
-
-
-def _custom_objects_api() -> Any:
-    """A CustomObjectsApi on the in-cluster config, else the local kubeconfig."""
-    from kubernetes import client
-    from kubernetes import config as kube_config
-
-    try:
-        kube_config.load_incluster_config()
-    except kube_config.ConfigException:
-        kube_config.load_kube_config()
-    return client.CustomObjectsApi()
-
-
 def discover_url(service: str, namespace: str) -> str:
-    """The Knative Service's cluster address (``status.address.url``, else ``status.url``)."""
-    key = (namespace, service)
-    with _discovered_lock:
-        if key in _discovered:
-            return _discovered[key]
+    """The Knative Service's address, read through the Kubernetes API (cached per process)."""
+    from airflow_provider_knative.knative.api import discover_url as read_address
+
     try:
-        api = _custom_objects_api()
-        obj = api.get_namespaced_custom_object(
-            KNATIVE_GROUP, KNATIVE_VERSION, namespace, KNATIVE_PLURAL, service
-        )
-    except Exception as exc:
-        raise NoServiceURLError(_no_url_message(service, namespace, f"{type(exc).__name__}: {exc}")) from None
-    status = (obj or {}).get("status") or {}
-    url = ((status.get("address") or {}).get("url")) or status.get("url")
-    if not url:
-        raise NoServiceURLError(
-            _no_url_message(
-                service, namespace, "the Knative Service has no status.address.url yet (is it Ready?)"
-            )
-        )
-    url = str(url).rstrip("/")
-    with _discovered_lock:
-        _discovered[key] = url
-    return url
+        return read_address(service, namespace)
+    except ClusterError as exc:
+        raise NoServiceURLError(_no_url_message(service, namespace, str(exc))) from None
 
 
 def _no_url_message(service: str, namespace: str, why: str) -> str:
@@ -188,8 +160,33 @@ def http_session() -> requests.Session:
         return _session
 
 
-class InvocationCancelled(Exception):
-    """``on_kill`` abandoned the call."""
+def _requests_failure(exc: requests.RequestException) -> TransportFailure:
+    """requests' exceptions, translated once: did the request leave this process?"""
+    detail = f"{type(exc).__name__}: {_short(exc)}"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return TransportFailure(FailureKind.NOT_SENT, detail)
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return TransportFailure(FailureKind.TIMEOUT, detail)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        cause = exc.args[0] if exc.args else None
+        reason = getattr(cause, "reason", cause)
+        if isinstance(
+            reason, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+        ):
+            return TransportFailure(FailureKind.NOT_SENT, detail)
+    return TransportFailure(FailureKind.BROKEN, detail)
+
+
+def _httpx_failure(exc: Exception) -> TransportFailure:
+    """httpx's exceptions, translated once: did the request leave this process?"""
+    import httpx
+
+    detail = f"{type(exc).__name__}: {_short(exc) or 'connection failed'}"
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return TransportFailure(FailureKind.NOT_SENT, detail)
+    if isinstance(exc, httpx.ReadTimeout):
+        return TransportFailure(FailureKind.TIMEOUT, detail)
+    return TransportFailure(FailureKind.BROKEN, detail)
 
 
 class KnativeHook(BaseHook):
@@ -217,12 +214,23 @@ class KnativeHook(BaseHook):
 
     @property
     def settings(self) -> ServiceSettings:
+        """Connection merged over ``[knative]``, read once per hook (sync callers)."""
         if self._settings is None:
             try:
                 connection = self.get_connection(self.knative_conn_id)
             except AirflowNotFoundException:
                 connection = None  # config-only setups are normal
             self._settings = settings_from(connection)
+        return self._settings
+
+    async def asettings(self) -> ServiceSettings:
+        """The same settings, read without blocking the triggerer's event loop."""
+        if self._settings is None:
+            try:
+                connection = await self.aget_connection(self.knative_conn_id)
+            except AirflowNotFoundException:
+                connection = None
+            self._settings = await asyncio.to_thread(settings_from, connection)
         return self._settings
 
     def get_conn(self) -> requests.Session:
@@ -240,47 +248,99 @@ class KnativeHook(BaseHook):
         name = service_name(service)
         return url_from_template(settings.url_template, name, ns) or discover_url(name, ns)
 
-    def invoke(self, request: Request, timeouts: Timeouts | None = None) -> Response:
-        """Send ``request``; retry unavailability until the startup deadline; return the final answer."""
-        timeouts = timeouts or self.settings.timeouts
-        schedule = RetrySchedule(request.url, timeouts.startup_deadline)
-        session = http_session()
-        while True:
-            if self._cancelled.is_set():
-                raise InvocationCancelled(f"call to {request.url} abandoned by on_kill")
-            schedule.attempt()
-            try:
-                response = self._attempt(session, request, timeouts)
-            except requests.exceptions.ReadTimeout:
-                raise read_timeout(request.url, timeouts) from None
-            except requests.exceptions.RequestException as exc:
-                if self._cancelled.is_set():
-                    raise InvocationCancelled(f"call to {request.url} abandoned by on_kill") from None
-                if not isinstance(exc, requests.exceptions.ConnectionError):
-                    raise InvocationError(f"{request.url}: {type(exc).__name__}: {_short(exc)}") from None
-                delay = schedule.failed(f"{type(exc).__name__}: {_short(exc)}")
-            else:
-                if not schedule.retry_status(response):
-                    return response
-                delay = schedule.failed(f"HTTP {response.status}")
-            self.log.info("%s", schedule.describe(delay))
-            if self._cancelled.wait(delay):
-                raise InvocationCancelled(f"call to {request.url} abandoned by on_kill")
+    # ------------------------------------------------------------------ the call, sync and async
+    # Both loops only drive invoker.call_flow, which makes every decision; they differ in the
+    # HTTP library and in how they wait.
 
-    def _attempt(self, session: requests.Session, request: Request, timeouts: Timeouts) -> Response:
+    def invoke(
+        self, request: Request, timeouts: Timeouts | None = None, *, idempotent: bool = False
+    ) -> Response:
+        """Send ``request`` and return the final answer (see ``invoker.call_flow`` for retries).
+
+        Raises InvocationError subclasses: ServiceUnavailableError past the startup deadline,
+        InvocationTimeout, OutcomeUnknownError, InvocationCancelled after ``cancel()``.
+        """
+        settings = self.settings
+        timeouts = timeouts or settings.timeouts
+        flow = call_flow(request, timeouts, idempotent=idempotent)
+        outcome: Outcome = None
+        while True:
+            self._check_cancelled(request)
+            try:
+                step = flow.send(outcome)
+            except StopIteration as done:
+                return done.value
+            if isinstance(step, Wait):
+                self.log.info("%s", step.message)
+                if self._cancelled.wait(step.seconds):
+                    self._check_cancelled(request)
+                outcome = None
+            else:
+                outcome = self._send(step, settings.secret, timeouts)
+
+    async def ainvoke(
+        self, request: Request, timeouts: Timeouts | None = None, *, idempotent: bool = False
+    ) -> Response:
+        """The async twin of :meth:`invoke` (httpx, for the triggerer): same flow, same errors."""
+        import httpx
+
+        settings = await self.asettings()
+        timeouts = timeouts or settings.timeouts
+        flow = call_flow(request, timeouts, idempotent=idempotent)
+        outcome: Outcome = None
+        limits = httpx.Timeout(timeouts.read, connect=timeouts.connect)
+        async with httpx.AsyncClient(timeout=limits, trust_env=False) as client:
+            while True:
+                try:
+                    step = flow.send(outcome)
+                except StopIteration as done:
+                    return done.value
+                if isinstance(step, Wait):
+                    self.log.info("%s", step.message)
+                    await asyncio.sleep(step.seconds)
+                    outcome = None
+                else:
+                    outcome = await self._asend(client, step, settings.secret)
+
+    def _send(self, step: Send, secret: bytes | None, timeouts: Timeouts) -> Response | TransportFailure:
+        request = step.request
         token = _call_connections.set(self._connections)
         try:
-            raw = session.request(
+            raw = http_session().request(
                 request.method,
                 request.url,
                 data=request.body,
-                headers=request.headers(),
+                headers=request.headers(secret),
                 timeout=(timeouts.connect, timeouts.read),
             )
+            return Response(raw.status_code, raw.headers.get("Content-Type", ""), raw.content)
+        except requests.RequestException as exc:
+            self._check_cancelled(request)
+            if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
+                raise InvocationError(f"{request.url}: {type(exc).__name__}: {_short(exc)}") from None
+            return _requests_failure(exc)
         finally:
             _call_connections.reset(token)
             self._connections.clear()
-        return Response(raw.status_code, raw.headers.get("Content-Type", ""), raw.content)
+
+    @staticmethod
+    async def _asend(client: Any, step: Send, secret: bytes | None) -> Response | TransportFailure:
+        import httpx
+
+        request = step.request
+        try:
+            answer = await client.request(
+                request.method, request.url, content=request.body, headers=request.headers(secret)
+            )
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise InvocationError(f"{request.url}: {type(exc).__name__}: {_short(exc)}") from None
+        except httpx.TransportError as exc:
+            return _httpx_failure(exc)
+        return Response(answer.status_code, answer.headers.get("content-type", ""), answer.content)
+
+    def _check_cancelled(self, request: Request) -> None:
+        if self._cancelled.is_set():
+            raise InvocationCancelled(f"call to {request.url} abandoned by on_kill")
 
     def cancel(self) -> None:
         """Abandon the call in progress (``on_kill``): no more attempts, its socket shut down.

@@ -4,35 +4,67 @@ One request, one response, both encoded with :mod:`codec` as ``application/x-msg
 Both sides import this module and nothing else defines the shapes, so a change here is a
 protocol change: bump ``PROTOCOL_VERSION``.
 
-Signing: ``X-Knative-Timestamp`` (unix seconds) and ``X-Knative-Signature:
-v1=<hex hmac-sha256(secret, timestamp + "." + body)>``. The runtime checks the signature
-and the timestamp window *before* it parses the body, so unsigned or replayed bytes are never
-decoded.
+Signing: ``X-Knative-Timestamp`` (unix seconds), ``X-Knative-Nonce`` (random, per attempt)
+and ``X-Knative-Signature: v2=<hex hmac-sha256(secret, "ts.nonce.METHOD.path." + body)>``.
+The runtime checks the signature and the timestamp window *before* it parses the body, so
+unsigned or stale bytes are never decoded, and it accepts each signature once
+(:class:`ReplayGuard`), so a captured request cannot be replayed inside the window either.
+Method and path are signed too: a signature for one route is worthless on another.
+
+Every invocation from Airflow carries an id (the task try's identity). The runtime remembers
+the ids it has run, so a retried or replayed id gets the recorded outcome (or "still
+running"), never a second run; ``GET /invocations/<id>`` asks about one without starting it.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import inspect
+import secrets
 import textwrap
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_knative import codec
+from airflow_provider_knative.errors import ProtocolError, SignatureError, VersionMismatch
 
-PROTOCOL_VERSION = 1
+__all__ = [
+    "CONTENT_TYPE",
+    "INVOCATIONS_PATH",
+    "INVOKE_PATH",
+    "PROTOCOL_VERSION",
+    "Invocation",
+    "ProtocolError",
+    "RemoteError",
+    "ReplayGuard",
+    "Result",
+    "SignatureError",
+    "StoreSettings",
+    "VersionMismatch",
+    "function_id",
+    "sign",
+    "source_hash",
+    "verify",
+]
+
+PROTOCOL_VERSION = 2
 CONTENT_TYPE = "application/x-msgpack"
 INVOKE_PATH = "/invoke"
+#: ``GET /invocations/<id>?wait=<seconds>``: the outcome of an invocation, without starting it
+INVOCATIONS_PATH = "/invocations/"
 SIGNATURE_HEADER = "X-Knative-Signature"
 TIMESTAMP_HEADER = "X-Knative-Timestamp"
-SIGNATURE_SCHEME = "v1"
-
-
-class ProtocolError(ValueError):
-    """A request or response that does not follow the protocol."""
+NONCE_HEADER = "X-Knative-Nonce"
+SIGNATURE_SCHEME = "v2"
+#: the error types with which the runtime says "I did not start it" (safe to send again)
+NOT_STARTED_ERRORS = frozenset({"NotReady", "ShuttingDown", "Busy"})
+#: the error type with which the runtime says it has no record of an invocation id
+UNKNOWN_INVOCATION = "UnknownInvocation"
 
 
 def function_id(dag_id: str, task_id: str) -> str:
@@ -91,11 +123,14 @@ class Invocation:
     context: dict[str, Any] = field(default_factory=dict)
     store: StoreSettings | None = None
     allow_skew: bool = False
+    #: the task try's identity; the runtime runs an id at most once (empty: no such memory)
+    invocation_id: str = ""
     version: int = PROTOCOL_VERSION
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "v": self.version,
+            "id": self.invocation_id,
             "fn": self.function_id,
             "src": self.source_hash,
             "args": list(self.args),
@@ -115,11 +150,13 @@ class Invocation:
         _require(isinstance(data, dict), "invocation must be a map")
         version = data.get("v")
         if version != PROTOCOL_VERSION:
-            raise VersionMismatch(version)
+            raise version_mismatch(version)
         fn, src = data.get("fn"), data.get("src")
         _require(isinstance(fn, str) and fn != "", "fn must be a non-empty string")
         _require(isinstance(src, str), "src must be a string")
         args, kwargs, ctx = data.get("args", []), data.get("kwargs", {}), data.get("ctx", {})
+        invocation_id = data.get("id", "")
+        _require(isinstance(invocation_id, str) and len(invocation_id) <= 1024, "id must be a short string")
         _require(isinstance(args, list), "args must be a list")
         _require(isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs), "kwargs must be a map")
         _require(isinstance(ctx, dict), "ctx must be a map")
@@ -131,17 +168,21 @@ class Invocation:
             context=ctx,
             store=StoreSettings.from_wire(data.get("store")),
             allow_skew=bool(data.get("allow_skew", False)),
+            invocation_id=invocation_id,
             version=version,
         )
 
 
-class VersionMismatch(ProtocolError):
-    def __init__(self, got: Any) -> None:
-        self.got = got
-        super().__init__(
-            f"protocol version {got!r} is not supported: this runtime speaks version "
-            f"{PROTOCOL_VERSION}; deploy the same provider version on Airflow and in the image"
-        )
+def invocation_id(dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int) -> str:
+    """The id of one task try's invocation: the same on every attempt and every replay of it."""
+    return f"{dag_id}/{run_id}/{task_id}/{map_index}/{try_number}"
+
+
+def version_mismatch(got: Any) -> VersionMismatch:
+    return VersionMismatch(
+        f"protocol version {got!r} is not supported: this runtime speaks version "
+        f"{PROTOCOL_VERSION}; deploy the same provider version on Airflow and in the image"
+    )
 
 
 @dataclass
@@ -169,7 +210,7 @@ class RemoteError:
 class Result:
     """What the runtime answers: ``ok`` with the return value, or ``error``; logs either way."""
 
-    status: str  # "ok" | "error"
+    status: str  # "ok" | "error" | "running" (an invocation asked about that has not finished)
     value: Any = None
     error: RemoteError | None = None
     logs: str = ""
@@ -200,7 +241,7 @@ class Result:
         data = codec.loads(body)
         _require(isinstance(data, dict), "result must be a map")
         status = data.get("status")
-        _require(status in ("ok", "error"), "status must be 'ok' or 'error'")
+        _require(status in ("ok", "error", "running"), "status must be 'ok', 'error' or 'running'")
         error = data.get("error")
         return cls(
             status=status,
@@ -223,39 +264,62 @@ def _require(condition: bool, what: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _mac(secret: bytes, timestamp: str, body: bytes | bytearray | memoryview) -> str:
-    mac = hmac.new(secret, timestamp.encode() + b".", hashlib.sha256)
+def _mac(secret: bytes, signed: str, body: bytes | bytearray | memoryview) -> str:
+    mac = hmac.new(secret, signed.encode() + b".", hashlib.sha256)
     mac.update(body)
     return mac.hexdigest()
 
 
-def sign(secret: bytes, body: bytes | bytearray | memoryview, now: float | None = None) -> dict[str, str]:
-    """Headers that prove the body came from a holder of ``secret``, at this time."""
+def _signed_text(timestamp: str, nonce: str, method: str, path: str) -> str:
+    return f"{timestamp}.{nonce}.{method.upper()}.{path}"
+
+
+def sign(
+    secret: bytes,
+    body: bytes | bytearray | memoryview,
+    *,
+    method: str = "POST",
+    path: str = INVOKE_PATH,
+    now: float | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """Headers that prove this request (method, path, body) came from a holder of ``secret``, now.
+
+    A fresh nonce per call makes every signature unique, so the runtime can refuse a
+    signature it has already seen without refusing a legitimate retry of the same body.
+    """
     timestamp = str(int(now if now is not None else time.time()))
+    nonce = nonce or secrets.token_hex(12)
+    digest = _mac(secret, _signed_text(timestamp, nonce, method, path), body)
     return {
         TIMESTAMP_HEADER: timestamp,
-        SIGNATURE_HEADER: f"{SIGNATURE_SCHEME}={_mac(secret, timestamp, body)}",
+        NONCE_HEADER: nonce,
+        SIGNATURE_HEADER: f"{SIGNATURE_SCHEME}={digest}",
     }
-
-
-class SignatureError(ProtocolError):
-    """Missing, malformed, wrong or expired signature (answered with 401)."""
 
 
 def verify(
     secret: bytes,
     body: bytes | bytearray | memoryview,
-    timestamp: str | None,
-    signature: str | None,
+    headers: Mapping[str, str],
     *,
+    method: str,
+    path: str,
     max_age_seconds: float,
     now: float | None = None,
-) -> None:
-    """Raise SignatureError unless the headers sign ``body`` within the time window."""
+) -> tuple[str, float]:
+    """Check the signature headers (lower-case keys) of a request; raise SignatureError.
+
+    Returns the signature and its timestamp, for :class:`ReplayGuard`.
+    """
+    timestamp = headers.get(TIMESTAMP_HEADER.lower())
+    signature = headers.get(SIGNATURE_HEADER.lower())
+    nonce = headers.get(NONCE_HEADER.lower(), "")
     if not timestamp or not signature:
         raise SignatureError(
-            f"invocation is not signed: {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} are required because "
-            "this runtime has a signing secret; set the same [knative] signing_secret in Airflow"
+            f"invocation is not signed: {TIMESTAMP_HEADER}, {NONCE_HEADER} and {SIGNATURE_HEADER} are "
+            "required because this runtime has a signing secret; set the same [knative] signing_secret "
+            "in Airflow"
         )
     try:
         sent = int(timestamp)
@@ -269,6 +333,44 @@ def verify(
         )
     scheme, _, digest = signature.partition("=")
     if scheme != SIGNATURE_SCHEME or not digest:
-        raise SignatureError(f"{SIGNATURE_HEADER} must look like '{SIGNATURE_SCHEME}=<hex>'")
-    if not hmac.compare_digest(digest, _mac(secret, timestamp, body)):
-        raise SignatureError("signature does not match the body: wrong signing secret or altered request")
+        raise SignatureError(
+            f"{SIGNATURE_HEADER} must look like '{SIGNATURE_SCHEME}=<hex>' (a caller with another "
+            "provider version? deploy the same version on Airflow and in the image)"
+        )
+    if len(nonce) > 64 or not hmac.compare_digest(
+        digest, _mac(secret, _signed_text(timestamp, nonce, method, path), body)
+    ):
+        raise SignatureError("signature does not match the request: wrong signing secret or altered request")
+    return digest, float(sent)
+
+
+class ReplayGuard:
+    """Accepts each valid signature once while its timestamp is inside the window.
+
+    Only requests that passed :func:`verify` reach it, so only holders of the secret can add
+    entries; each is forgotten once its timestamp leaves the window (after which the
+    timestamp check refuses the request anyway).
+    """
+
+    def __init__(self, max_age_seconds: float, *, clock: Callable[[], float] = time.time) -> None:
+        self.max_age_seconds = max_age_seconds
+        self._clock = clock
+        self._seen: set[str] = set()
+        self._expiry: collections.deque[tuple[float, str]] = collections.deque()
+        self._lock = threading.Lock()
+
+    def check(self, signature: str, timestamp: float) -> None:
+        """Raise SignatureError if ``signature`` was accepted before; else remember it."""
+        now = self._clock()
+        with self._lock:
+            while self._expiry and self._expiry[0][0] < now:
+                self._seen.discard(self._expiry.popleft()[1])
+            if signature in self._seen:
+                raise SignatureError(
+                    "this signed request was already accepted once: a replay (or a client that resent "
+                    "the same signature); every attempt must be signed afresh"
+                )
+            self._seen.add(signature)
+            # the expiry deque stays sorted enough: timestamps arrive in roughly increasing order,
+            # and an entry kept a little longer only costs memory, never a wrong answer
+            self._expiry.append((timestamp + self.max_age_seconds + 1, signature))

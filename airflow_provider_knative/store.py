@@ -8,6 +8,7 @@ the store's root: a reference that points elsewhere is refused, whoever wrote it
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import mmap
 import os
@@ -24,22 +25,28 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from airflow_provider_knative import codec, config
-from airflow_provider_knative.codec import HashingCounter, ObjectRef
+from airflow_provider_knative import config
+from airflow_provider_knative.errors import ObjectCorruptError, ObjectMissingError, StoreError
+
+__all__ = [
+    "SUFFIX",
+    "FileStore",
+    "ListedObject",
+    "ObjectCorruptError",
+    "ObjectMissingError",
+    "ObjectStore",
+    "S3Store",
+    "StoreError",
+    "StoredObject",
+    "forget_stores",
+    "open_store",
+    "task_key",
+]
 
 Chunks = Iterable[bytes | memoryview]
 
-
-class StoreError(RuntimeError):
-    """An object could not be written, read or deleted; the message names the URL."""
-
-
-class ObjectMissingError(StoreError):
-    """The object a reference points to is gone."""
-
-
-class ObjectCorruptError(StoreError):
-    """The object's size or SHA-256 differs from what its reference recorded."""
+#: every object the provider writes ends with this suffix: ``xcom-cleanup`` looks for it
+SUFFIX = ".knc"
 
 
 #: pieces hashed by the background hasher; big enough to amortise a queue hop, small
@@ -94,6 +101,14 @@ class _Hasher:
             self._queue.put(None)
             self._thread.join()
             self._queue = None
+
+    def feed(self, chunks: Chunks) -> Iterator[bytes | memoryview]:
+        """Pass ``chunks`` through unchanged, hashing each on the way (for streaming uploads)."""
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            if view.nbytes:
+                self.update(view)
+                yield chunk
 
 
 Buffer = Any  # a writable bytes-like object: bytearray, numpy uint8 array or anonymous mmap
@@ -163,17 +178,21 @@ class ObjectStore(ABC):
     def put(self, key: str, chunks: Chunks) -> StoredObject:
         """Write an object from chunks; it appears whole or not at all."""
 
-    @abstractmethod
     def get(self, url: str) -> bytearray:
         """Read a whole object into one bytearray."""
+        return self._read(url, None, None)
 
-    @abstractmethod
     def get_verified(self, url: str, size: int, sha256: str) -> Buffer:
         """Read an object and check it against its reference; ObjectCorruptError if it differs.
 
-        Returns a writable buffer (a bytearray, or an anonymous mmap for large objects: see
+        Returns a writable buffer (a bytearray, or numpy memory for large objects: see
         ``_allocate``) for ``codec.loads``, hashing while reading rather than afterwards.
         """
+        return self._read(url, size, sha256)
+
+    @abstractmethod
+    def _read(self, url: str, expected_size: int | None, sha256: str | None) -> Any:
+        """Read an object; with ``expected_size`` and ``sha256``, check it while reading."""
 
     @abstractmethod
     def delete(self, url: str) -> None:
@@ -196,10 +215,37 @@ class ObjectStore(ABC):
     def url_of(self, key: str) -> str:
         return self.root_url.rstrip("/") + "/" + safe_key(key)
 
-    def new_key(self, *segments: str, suffix: str = ".knc") -> str:
-        """A fresh, unique key under ``segments`` (each made safe)."""
-        parts = [safe_segment(s) for s in segments]
-        return "/".join([*parts, uuid.uuid4().hex + suffix])
+    def new_key(self, *segments: str) -> str:
+        """A fresh, unique key under ``segments`` (each made safe), ending in :data:`SUFFIX`."""
+        return _new_key(segments)
+
+
+def _new_key(segments: Iterable[str]) -> str:
+    parts = [safe_segment(s) for s in segments]
+    return "/".join([*parts, uuid.uuid4().hex + SUFFIX])
+
+
+def task_key(
+    dag_id: str | None,
+    run_id: str | None,
+    task_id: str | None,
+    map_index: int | None,
+    name: str,
+    prefix: str = "",
+) -> str:
+    """The one key layout for every object the provider writes.
+
+    ``[<prefix>/]<dag_id>/<run_id>/<task_id>[/<map_index>]/<name>/<uuid>.knc``: XCom values
+    (``name`` is the XCom key), results the runtime spills (``return_value``) and the
+    request/response bodies of deferred calls (``_request``, ``_response``). One layout means
+    one ``xcom-cleanup`` sees everything, and an object's key tells whose it is.
+    """
+    segments = [s for s in prefix.split("/") if s]
+    segments += [dag_id or "_", run_id or "_", task_id or "_"]
+    if map_index is not None and map_index >= 0:
+        segments.append(str(map_index))
+    segments.append(name or "_")
+    return _new_key(segments)
 
 
 # --------------------------------------------------------------------------------------
@@ -252,12 +298,6 @@ class FileStore(ObjectStore):
                 raise StoreError(f"cannot write {url}: {exc.strerror or exc}") from exc
             raise
         return StoredObject(url=url, size=hasher.size, sha256=digest)
-
-    def get(self, url: str) -> bytearray:
-        return self._read(url, None, None)
-
-    def get_verified(self, url: str, size: int, sha256: str) -> Buffer:
-        return self._read(url, size, sha256)
 
     def _read(self, url: str, expected_size: int | None, sha256: str | None) -> Any:
         path = self._path(url)
@@ -452,23 +492,19 @@ class S3Store(ObjectStore):
 
     def put(self, key: str, chunks: Chunks) -> StoredObject:
         url = self.url_of(key)
-        counter = HashingCounter()
-        reader = _ChunkReader(counter.feed(chunks))
+        hasher = _Hasher()
+        reader = _ChunkReader(hasher.feed(chunks))
         try:
             self.client.upload_fileobj(reader, self.bucket, self._key(url), Config=self._transfer_config())
+            digest = hasher.hexdigest()
         except Exception as exc:
+            hasher.close()
             if reader.error is not None:  # the value failed to encode: that is not a store error
                 raise reader.error from None
             if isinstance(exc, StoreError):
                 raise
             raise self._error("write", url, exc) from exc
-        return StoredObject(url=url, size=counter.size, sha256=counter.sha256)
-
-    def get(self, url: str) -> bytearray:
-        return self._read(url, None, None)
-
-    def get_verified(self, url: str, size: int, sha256: str) -> Buffer:
-        return self._read(url, size, sha256)
+        return StoredObject(url=url, size=hasher.size, sha256=digest)
 
     def _read(self, url: str, expected_size: int | None, sha256: str | None) -> Any:
         key = self._key(url)
@@ -559,67 +595,24 @@ class S3Store(ObjectStore):
 # Choosing a store
 # --------------------------------------------------------------------------------------
 
-_cache: dict[tuple[str, str | None], ObjectStore] = {}
-_cache_lock = threading.Lock()
-
-
-def encode_or_spill(
-    value: Any, limit: int, segments: Iterable[str], store: ObjectStore | None = None
-) -> bytes | ObjectRef:
-    """The encoded ``value`` when it fits in ``limit`` bytes, else a reference to it in the store.
-
-    The one way a value is spilled (the XCom backend and the runtime both come here). Encoded
-    chunks are buffered only up to the limit; past it everything streams to the store, so a
-    large value is never held encoded as a whole. Raises TypeError for a value the codec
-    cannot carry and StoreError when the store cannot take it.
-    """
-    chunks = codec.encode_chunks(value)
-    head: list[bytes | memoryview] = []
-    buffered = 0
-    for chunk in chunks:
-        buffered += chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
-        head.append(chunk)
-        if buffered > limit:
-            target = store or open_store()
-
-            def stream() -> Iterator[bytes | memoryview]:
-                yield from head
-                head.clear()  # drop the buffered chunks as soon as they are written
-                yield from chunks
-
-            stored = target.put(target.new_key(*segments), stream())
-            return ObjectRef(stored.url, stored.size, stored.sha256, codec.summarize(value))
-    return b"".join(head)
-
-
-def load_ref(ref: ObjectRef, store: ObjectStore | None = None) -> Any:
-    """Download a spilled value, check its size and SHA-256 while reading, and decode it.
-
-    The one way a reference becomes a value again: the XCom backend, the runtime and local
-    mode all come through here. Raises StoreError (naming the URL) or CodecError.
-    """
-    data = (store or open_store()).get_verified(ref.url, ref.size, ref.sha256)
-    return codec.loads(memoryview(data))
-
 
 def open_store(url: str | None = None) -> ObjectStore:
     """The store at ``url`` (default: ``[knative] xcom_store_url``), one instance per process."""
-    url = url or config.get("xcom_store_url")
-    endpoint = config.get("s3_endpoint_url") or None
-    with _cache_lock:
-        store = _cache.get((url, endpoint))
-        if store is None:
-            store = _build(url)
-            _cache[(url, endpoint)] = store
-        return store
+    return _open(url or config.get("xcom_store_url"), config.get("s3_endpoint_url") or None)
 
 
-def _build(url: str) -> ObjectStore:
+def forget_stores() -> None:
+    """Drop the cached store instances, so the next ``open_store`` reads the settings afresh."""
+    _open.cache_clear()
+
+
+@functools.cache
+def _open(url: str, endpoint: str | None) -> ObjectStore:
     scheme = urlsplit(url).scheme
     if scheme == "file":
         return FileStore(url)
     if scheme == "s3":
-        return S3Store(url)
+        return S3Store(url, endpoint_url=endpoint)
     raise config.ConfigError(
         f"[knative] xcom_store_url (env AIRFLOW__KNATIVE__XCOM_STORE_URL) must start with s3:// or "
         f"file://, got {url!r}"

@@ -42,7 +42,9 @@ from airflow.sdk.bases.xcom import BaseXCom
 
 from airflow_provider_knative import codec, config
 from airflow_provider_knative.codec import ObjectRef
-from airflow_provider_knative.store import StoreError, encode_or_spill, load_ref, open_store
+from airflow_provider_knative.errors import SpilledValueError, StoreError
+from airflow_provider_knative.spill import Owner, encode_or_spill, load_ref
+from airflow_provider_knative.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +56,6 @@ _pass_refs: contextvars.ContextVar[bool] = contextvars.ContextVar("knative_xcom_
 # msgspec (already an Airflow dependency) checks a 1 KB dict in ~8 us; the json module needs ~35
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
-
-
-class SpilledValueError(RuntimeError):
-    """A stored XCom value cannot be turned back into the value: missing, unreadable or corrupt."""
 
 
 @contextmanager
@@ -153,12 +151,9 @@ def spill(
     if _as_plain_json(value, limit):
         return value
     where = (dag_id, run_id, task_id, map_index, key)
-    segments = [dag_id or "_", run_id or "_", task_id or "_"]
-    if map_index is not None and map_index >= 0:
-        segments.append(str(map_index))
-    segments.append(key or "_")
+    owner = Owner(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index)
     try:
-        packed = encode_or_spill(value, limit, segments)
+        packed = encode_or_spill(value, limit, owner, key or "_")
     except StoreError as exc:
         raise SpilledValueError(
             f"cannot spill XCom {_describe(where)} ({codec.summarize(value)}) to the object store: {exc}"

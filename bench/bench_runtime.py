@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from runtime_process import RuntimeProcess, start_runtime  # noqa: E402
+from servers import free_port  # noqa: E402
 
 from airflow_provider_knative import protocol  # noqa: E402
 
@@ -57,14 +58,6 @@ async def app(scope, receive, send):
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=False, log_level="warning",
             lifespan="off")
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- a minimal keep-alive HTTP/1.1 client -------------------------------------------------------

@@ -71,9 +71,9 @@ def s3_store(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
     url = f"s3://{bucket}/xcom"
     monkeypatch.setenv("AIRFLOW__KNATIVE__S3_ENDPOINT_URL", moto_server)
     monkeypatch.setenv("AIRFLOW__KNATIVE__XCOM_STORE_URL", url)
-    store._cache.clear()
+    store.forget_stores()
     yield url
-    store._cache.clear()
+    store.forget_stores()
 
 
 @pytest.fixture
@@ -83,9 +83,9 @@ def file_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
 
     url = (tmp_path / "store").as_uri()
     monkeypatch.setenv("AIRFLOW__KNATIVE__XCOM_STORE_URL", url)
-    store._cache.clear()
+    store.forget_stores()
     yield url
-    store._cache.clear()
+    store.forget_stores()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -34,19 +34,12 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+from servers import free_port
 
 BIN = Path(sys.executable).parent
 CONSOLE_SCRIPT = [str(BIN / "airflow-knative"), "serve"]
 MODULE_COMMAND = [sys.executable, "-m", "airflow_provider_knative.runtime", "serve"]
 __all__ = ["RuntimeProcess", "start_runtime"]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RuntimeProcess:
@@ -177,7 +170,7 @@ def start_runtime(
     ``serve`` subcommand, without importing the other subsystems' CLI modules); with
     ``console_script=True`` through the installed ``airflow-knative serve``.
     """
-    port = port or _free_port()
+    port = port or free_port()
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     fd, log_name = tempfile.mkstemp(prefix="knative-runtime-", suffix=".log")

@@ -120,3 +120,28 @@ def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         cli.main(["xcom-cleanup", "--min-age-seconds", "-1"])
     assert "must not be negative" in capsys.readouterr().err
+
+
+def test_cleanup_removes_the_bodies_of_deferred_calls_that_never_finished(
+    file_store: str, airflow_home: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A deferred call's large request body waits in the store for the triggerer; if the
+    trigger never runs (its run was deleted, the triggerer lost it), cleanup removes it like
+    any other orphan, because every object the provider writes follows one key layout."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from airflow_provider_knative.operators import KnativeOperator
+
+    op = KnativeOperator(task_id="big", url="http://127.0.0.1:9", payload="x" * 200_000, deferrable=True)
+    ti = SimpleNamespace(dag_id="d", run_id="r", task_id="big", map_index=-1)
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute({"ti": ti, "run_id": "r"})
+    body = deferred.value.trigger.body
+    assert "ref" in body and body["ref"].startswith(file_store + "/d/r/big/_request/")
+    assert urls(file_store) == {body["ref"]}
+
+    code, out = cleanup(capsys, "--min-age-seconds", "0")
+    assert code == 0 and f"deleted {body['ref']}" in out
+    assert urls(file_store) == set()

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from fake_kube_api import run_deploy_cli, validation_errors
 
-from airflow_provider_knative.deploy.names import InvalidServiceName, service_name
 from airflow_provider_knative.deploy.settings import SettingsError, check_combination, check_settings
+from airflow_provider_knative.knative.names import InvalidServiceName, service_name
 
 HERE = Path(__file__).resolve().parent
 DEPLOY_DAGS = HERE / "deploy_dags"

@@ -16,7 +16,7 @@ import yaml
 from fake_kube_api import FakeKnativeApi, run_deploy_cli, validation_errors
 from servers import free_port
 
-from airflow_provider_knative.deploy.names import service_name
+from airflow_provider_knative.knative.names import service_name
 
 BASIC = Path(__file__).resolve().parent / "deploy_dags" / "basic"
 LONG = service_name("feature-engineering-for-the-quarterly-revenue-forecast-model-training")
@@ -249,7 +249,7 @@ def test_unknown_context_and_bad_credentials(api: FakeKnativeApi, kubeconfig: Pa
 
 def test_fake_api_validates_bodies_like_a_structural_schema(api: FakeKnativeApi, kubeconfig: Path) -> None:
     """The fixture would refuse a manifest the real API server refuses (here: a wrong type)."""
-    from airflow_provider_knative.deploy.cluster import ClusterError, KnativeServices
+    from airflow_provider_knative.knative.api import ClusterError, KnativeServices
 
     services = KnativeServices(str(kubeconfig))
     bad = {

@@ -28,6 +28,7 @@ from airflow_provider_knative.invoker import (
     ServiceUnavailableError,
     Timeouts,
 )
+from airflow_provider_knative.knative.api import discover_url
 from airflow_provider_knative.operators import KnativeOperator
 
 
@@ -179,7 +180,7 @@ def test_discovery_reads_status_address_url_and_caches(monkeypatch, tmp_path):
         _use_kubeconfig(monkeypatch, api.write_kubeconfig(tmp_path / "kubeconfig"))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         monkeypatch.setenv("AIRFLOW__KNATIVE__URL_TEMPLATE", "discover")
-        monkeypatch.setattr(hooks, "_discovered", {})
+        discover_url.cache_clear()
         hook = KnativeHook("none")
         assert hook.resolve_url("avg-worker", "prod") == "http://avg-worker.prod.svc.cluster.local"
         calls = len(api.requests)
@@ -313,8 +314,8 @@ def test_session_is_shared_per_process():
 
 def test_long_service_names_resolve_to_the_deployed_name(monkeypatch):
     """A name over 63 characters is deployed shortened; the URL must use that same name."""
-    from airflow_provider_knative.deploy.names import InvalidServiceName, service_name
     from airflow_provider_knative.hooks import KnativeHook
+    from airflow_provider_knative.knative.names import InvalidServiceName, service_name
 
     monkeypatch.setenv("AIRFLOW__KNATIVE__URL_TEMPLATE", "http://{service}.{namespace}.svc.cluster.local")
     long_name = "feature-engineering-" + "x" * 60

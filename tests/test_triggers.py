@@ -14,7 +14,8 @@ from runtime_process import RuntimeProcess, start_runtime
 from servers import free_port
 
 from airflow_provider_knative import protocol, store
-from airflow_provider_knative.invoker import Timeouts, pack_bytes, read_result, unpack_bytes
+from airflow_provider_knative.invoker import Timeouts, read_result
+from airflow_provider_knative.spill import Owner, pack_bytes, unpack_bytes
 from airflow_provider_knative.triggers import KnativeInvocationTrigger
 
 
@@ -35,7 +36,11 @@ def _first_event(trigger: KnativeInvocationTrigger) -> dict:
 
 def _trigger(url: str, body: bytes, *, inline: int = 65536, **kw) -> KnativeInvocationTrigger:
     packed = pack_bytes(
-        body, inline_max_bytes=inline, store_url=store.open_store().root_url, key_segments=("t",)
+        body,
+        inline_max_bytes=inline,
+        store_url=store.open_store().root_url,
+        owner=Owner("dag", "run", "task"),
+        name="_request",
     )
     return KnativeInvocationTrigger(
         url=url,
@@ -44,7 +49,7 @@ def _trigger(url: str, body: bytes, *, inline: int = 65536, **kw) -> KnativeInvo
         knative_conn_id="none",
         store_url=store.open_store().root_url,
         inline_max_bytes=inline,
-        key_segments=["dag", "run", "task", "_"],
+        owner={"dag_id": "dag", "run_id": "run", "task_id": "task"},
         **kw,
     )
 

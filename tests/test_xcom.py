@@ -252,11 +252,11 @@ def test_unwritable_store_raises_before_any_row(tmp_path: Path, monkeypatch: pyt
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the store folder should be")
     monkeypatch.setenv("AIRFLOW__KNATIVE__XCOM_STORE_URL", blocker.as_uri())
-    store._cache.clear()
+    store.forget_stores()
     with pytest.raises(SpilledValueError, match=r"cannot spill XCom 'return_value' of d\.t") as err:
         ser(np.zeros(100_000))
     assert blocker.as_uri() in str(err.value)
-    store._cache.clear()
+    store.forget_stores()
 
 
 @pytest.fixture
@@ -267,9 +267,9 @@ def unreachable_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         closed = s.getsockname()[1]
     monkeypatch.setenv("AIRFLOW__KNATIVE__S3_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
     monkeypatch.setenv("AIRFLOW__KNATIVE__XCOM_STORE_URL", "s3://bucket/xcom")
-    store._cache.clear()
+    store.forget_stores()
     yield f"http://127.0.0.1:{closed}"
-    store._cache.clear()
+    store.forget_stores()
 
 
 def test_s3_unreachable_names_the_url(unreachable_s3: str) -> None:
@@ -284,13 +284,13 @@ def test_s3_unreachable_names_the_url(unreachable_s3: str) -> None:
 def test_s3_bucket_missing_names_the_url(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW__KNATIVE__S3_ENDPOINT_URL", moto_server)
     monkeypatch.setenv("AIRFLOW__KNATIVE__XCOM_STORE_URL", "s3://no-such-bucket-here/xcom")
-    store._cache.clear()
+    store.forget_stores()
     try:
         with pytest.raises(SpilledValueError, match="bucket 'no-such-bucket-here' does not exist") as err:
             ser(np.zeros(100_000))
         assert "s3://no-such-bucket-here/xcom/d/" in str(err.value)
     finally:
-        store._cache.clear()
+        store.forget_stores()
 
 
 def test_s3_deleted_and_corrupted_objects_name_the_url(s3_store: str) -> None:

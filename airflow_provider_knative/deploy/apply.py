@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from airflow_provider_knative.deploy.cluster import ClusterError, KnativeServices, NotFound
 from airflow_provider_knative.deploy.manifests import (
     ANNOTATION_PREFIX,
     AUTOSCALING_PREFIX,
@@ -22,6 +21,8 @@ from airflow_provider_knative.deploy.manifests import (
     MANAGED_BY_LABEL,
     VISIBILITY_LABEL,
 )
+from airflow_provider_knative.errors import ClusterError, ServiceNotFound
+from airflow_provider_knative.knative.api import KnativeServices
 
 _MANAGED_MAPS = [
     ("metadata", "labels"),
@@ -117,7 +118,7 @@ def apply(services: KnativeServices, manifest: dict[str, Any], dry_run: bool = F
     ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     try:
         live = services.get(ns, name)
-    except NotFound:
+    except ServiceNotFound:
         created = services.create(manifest, dry_run=dry_run)
         return Outcome(ns, name, "create", generation=_get(created, ("metadata", "generation")))
     if not _is_ours(live):

@@ -186,7 +186,7 @@ def manifests_command(args: argparse.Namespace) -> int:
 
 def deploy_command(args: argparse.Namespace) -> int:
     from airflow_provider_knative.deploy.apply import apply, wait_ready
-    from airflow_provider_knative.deploy.cluster import ClusterError, KnativeServices
+    from airflow_provider_knative.knative.api import ClusterError, KnativeServices
 
     manifests = _build_or_report(args)
     if isinstance(manifests, int):
@@ -222,8 +222,8 @@ def deploy_command(args: argparse.Namespace) -> int:
 
 def status_command(args: argparse.Namespace) -> int:
     from airflow_provider_knative.deploy.apply import format_table, status_rows
-    from airflow_provider_knative.deploy.cluster import ClusterError, KnativeServices
     from airflow_provider_knative.deploy.manifests import MANAGED_SELECTOR
+    from airflow_provider_knative.knative.api import ClusterError, KnativeServices
 
     namespace = None if args.all_namespaces else _namespace(args)
     try:

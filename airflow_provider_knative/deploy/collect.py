@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_knative.deploy.names import InvalidServiceName, is_valid_namespace, service_name
+from airflow_provider_knative import errors
 from airflow_provider_knative.deploy.settings import (
     DEFAULTS,
     DefaultsFile,
@@ -26,12 +26,13 @@ from airflow_provider_knative.deploy.settings import (
     check_combination,
     check_settings,
 )
+from airflow_provider_knative.functions import DECORATOR_NAME
+from airflow_provider_knative.knative.names import InvalidServiceName, is_valid_namespace, service_name
 
-DECORATOR_NAME = "@task.knative"
 _LEVELS_VAR = "AIRFLOW__LOGGING__NAMESPACE_LEVELS"
 
 
-class CollectError(Exception):
+class CollectError(errors.CollectError):
     """The DAG folder cannot be turned into services; ``problems`` lists every reason."""
 
     def __init__(self, problems: list[str]) -> None:

@@ -15,11 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_knative import config
-
-
-class SettingsError(ValueError):
-    """A service setting (or the defaults file) holds something that cannot be deployed."""
-
+from airflow_provider_knative.errors import SettingsError
 
 # Environment variables Knative reserves (the webhook rejects them) or that we set ourselves.
 RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})

@@ -27,10 +27,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from airflow_provider_knative.errors import ResultLookupError
+
 TASK_ERROR_MAX_CHARS = 2000
 
 
-class AmbiguousResultError(LookupError):
+class AmbiguousResultError(ResultLookupError):
     """The DAG has several leaf tasks and none is marked as the DAG's result."""
 
     def __init__(self, dag_id: str, leaves: list[str]) -> None:
@@ -42,7 +44,7 @@ class AmbiguousResultError(LookupError):
         )
 
 
-class NoResultError(LookupError):
+class NoResultError(ResultLookupError):
     """The result task pushed no ``return_value`` XCom (e.g. it returned None or was skipped)."""
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 
+from airflow_provider_knative.errors import StackError
 
-class StackError(RuntimeError):
-    """The deployment did not start or answered something unexpected."""
+__all__ = ["StackClient", "StackError"]
 
 
 class StackClient:

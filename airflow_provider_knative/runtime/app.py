@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_knative import protocol
+from airflow_provider_knative.functions import Function
 from airflow_provider_knative.runtime import invoke
-from airflow_provider_knative.runtime.loader import Function, ImportFailure
+from airflow_provider_knative.runtime.loader import ImportFailure
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -58,6 +59,7 @@ class RuntimeApp:
         self.state = state
         self.limits = limits
         self.pool = pool
+        self.guard = protocol.ReplayGuard(limits.signature_max_age_seconds) if limits.signing_secret else None
         self.in_flight = 0
         self._lock = threading.Lock()
 
@@ -161,7 +163,7 @@ class RuntimeApp:
         with self._lock:
             self.in_flight += 1
         try:
-            return invoke.handle(body, headers, self.state.functions, self.limits)
+            return invoke.handle(body, headers, self.state.functions, self.limits, self.guard)
         finally:
             with self._lock:
                 self.in_flight -= 1

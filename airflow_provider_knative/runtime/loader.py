@@ -16,7 +16,6 @@ import fnmatch
 import hashlib
 import importlib.machinery
 import importlib.util
-import inspect
 import os
 import sys
 import traceback
@@ -25,42 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_knative import protocol
+from airflow_provider_knative.functions import DECORATOR_NAME, Function
 
-KNATIVE_OPERATOR_NAME = "@task.knative"
 IGNORE_FILE = ".airflowignore"
-
-
-@dataclass(frozen=True)
-class Function:
-    """One callable entry of the allowlist."""
-
-    function_id: str
-    source_hash: str
-    callable: Callable[..., Any]
-    signature: inspect.Signature | None
-    dag_id: str
-    task_id: str
-    fileloc: str
-    is_async: bool = False
-
-    @classmethod
-    def of(cls, fn: Callable[..., Any], dag_id: str, task_id: str, fileloc: str) -> Function:
-        """The allowlist entry for a task's function (local mode builds one the same way)."""
-        try:
-            signature: inspect.Signature | None = inspect.signature(fn)
-        except (TypeError, ValueError):
-            signature = None
-        return cls(
-            function_id=protocol.function_id(dag_id, task_id),
-            source_hash=protocol.source_hash(fn),
-            callable=fn,
-            signature=signature,
-            dag_id=dag_id,
-            task_id=task_id,
-            fileloc=fileloc,
-            is_async=inspect.iscoroutinefunction(inspect.unwrap(fn)),
-        )
 
 
 @dataclass
@@ -168,7 +134,7 @@ def knative_functions(dags: Iterable[Any], fileloc: str) -> Iterator[Function]:
     """Every ``@task.knative`` task of ``dags`` as an allowlist entry."""
     for dag in dags:
         for task in dag.tasks:
-            if getattr(task, "operator_name", None) != KNATIVE_OPERATOR_NAME:
+            if getattr(task, "operator_name", None) != DECORATOR_NAME:
                 continue
             yield Function.of(task.python_callable, dag.dag_id, task.task_id, fileloc)
 

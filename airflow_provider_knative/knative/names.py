@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import re
 
+from airflow_provider_knative.errors import InvalidServiceName
+
+__all__ = ["MAX_LENGTH", "InvalidServiceName", "is_valid_namespace", "service_name"]
+
 MAX_LENGTH = 63
 _HASH_LENGTH = 8
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-
-
-class InvalidServiceName(ValueError):
-    """A service name that cannot be made into a Knative Service name."""
 
 
 def _suggestion(name: str) -> str:

@@ -1,30 +1,29 @@
 """The Kubernetes API for Knative Services, with every failure turned into one clear sentence.
 
-Only this module talks to the ``kubernetes`` client. Errors people hit in practice — no
-kubeconfig, an unreachable API server, no permission, Knative not installed — become a
-ClusterError saying what was tried and what to do, never a traceback.
+Only this module imports the ``kubernetes`` client: ``deploy``/``status`` use
+:class:`KnativeServices` for CRUD and the hook uses :func:`discover_url` to find a Service's
+address. Errors people hit in practice (no kubeconfig, an unreachable API server, no
+permission, Knative not installed) become a ``ClusterError`` saying what was tried and what
+to do, never a traceback.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
+from airflow_provider_knative.errors import ClusterError, ServiceNotFound
+
+__all__ = ["GROUP", "PLURAL", "VERSION", "ClusterError", "KnativeServices", "ServiceNotFound", "discover_url"]
+
 GROUP = "serving.knative.dev"
 VERSION = "v1"
 PLURAL = "services"
 _TIMEOUT = (5, 30)  # connect, read (seconds): a dead API server must not hang the CLI
-
-
-class ClusterError(Exception):
-    """The cluster cannot be used for what was asked; the message says why and what to do."""
-
-
-class NotFound(Exception):
-    """The Knative Service does not exist (HTTP 404 with a Status object)."""
 
 
 class KnativeServices:
@@ -67,7 +66,7 @@ class KnativeServices:
         except (TypeError, ValueError):
             parsed = None
         if status == 404 and details.get("kind") == PLURAL:
-            return NotFound(message)
+            return ServiceNotFound(message)
         if status == 404:
             return ClusterError(
                 f"{what}: the API server at {self.host} has no {PLURAL}.{GROUP}/{VERSION}; "
@@ -175,3 +174,24 @@ def _load_configuration(kubeconfig: str | None, context: str | None) -> tuple[An
         ) from None
     configuration.retries = 1
     return configuration, f"kubeconfig {path}" + (f" (context {context})" if context else "")
+
+
+@functools.lru_cache(maxsize=256)
+def discover_url(service: str, namespace: str) -> str:
+    """The Knative Service's cluster address (``status.address.url``, else ``status.url``).
+
+    Cached for the life of the process (``discover_url.cache_clear()`` forgets), because a
+    Service's address does not change while it exists; failures are not cached. Raises
+    ClusterError (no cluster, no permission, no such Service, not Ready yet).
+    """
+    try:
+        obj = KnativeServices().get(namespace, service)
+    except ServiceNotFound:
+        raise ClusterError(f"the Knative Service {namespace}/{service} does not exist") from None
+    status = (obj or {}).get("status") or {}
+    url = ((status.get("address") or {}).get("url")) or status.get("url")
+    if not url:
+        raise ClusterError(
+            f"the Knative Service {namespace}/{service} has no status.address.url yet (is it Ready?)"
+        )
+    return str(url).rstrip("/")
