@@ -32,6 +32,7 @@ class Option:
     description: str
     sensitive: bool = False
     example: str | None = None
+    choices: tuple[str, ...] = ()
 
     @property
     def env_var(self) -> str:
@@ -182,7 +183,27 @@ OPTIONS: dict[str, Option] = {
             "signature_max_age_seconds",
             int,
             300,
-            "Signed invocations older (or newer) than this are refused, which stops replays.",
+            "Signed invocations older (or newer) than this are refused; inside the window each "
+            "signature is accepted once, so a captured request cannot be replayed.",
+        ),
+        Option(
+            "isolation",
+            str,
+            "thread",
+            "How the runtime runs each call: thread (in a worker thread of the server: fastest, but "
+            "calls share module globals, the working directory, signal handlers and the GIL, and a "
+            "crash takes down the pod) or process (each call in a process of its own, forked from a "
+            "process that imported the DAG folder once: nothing leaks between calls, CPU-bound calls "
+            "use every core, a crash fails only its own call).",
+            choices=("thread", "process"),
+        ),
+        Option(
+            "allow_unsigned",
+            bool,
+            False,
+            "Let the runtime serve unsigned invocations on a non-loopback address (no signing "
+            "secret). Off by default: without a secret, anyone who reaches the port runs the "
+            "DAG's functions. Loopback binds only warn.",
         ),
     ]
 }
@@ -244,7 +265,10 @@ def _convert(option: Option, text: str) -> Any:
         if number < 0:
             raise ConfigError(f"{where} must not be negative, got {text!r}")
         return number
-    return text.strip()
+    value = text.strip()
+    if option.choices and value not in option.choices:
+        raise ConfigError(f"{where} must be one of {', '.join(option.choices)}, got {text!r}")
+    return value
 
 
 def get(key: str, *, cached: bool = False) -> Any:

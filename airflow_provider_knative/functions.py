@@ -31,16 +31,26 @@ FETCH_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
-class Function:
-    """One callable entry of the runtime's allowlist (local mode builds one the same way)."""
+class FunctionInfo:
+    """What identifies an allowlisted function; enough to admit a call to it.
+
+    The runtime's HTTP server holds only these in process isolation: the callables live in the
+    fork server that imported the DAG folder.
+    """
 
     function_id: str
     source_hash: str
-    callable: Callable[..., Any]
-    signature: inspect.Signature | None
     dag_id: str
     task_id: str
     fileloc: str
+
+
+@dataclass(frozen=True)
+class Function(FunctionInfo):
+    """One callable entry of the runtime's allowlist (local mode builds one the same way)."""
+
+    callable: Callable[..., Any]
+    signature: inspect.Signature | None
     is_async: bool = False
 
     @classmethod

@@ -46,6 +46,7 @@ __all__ = [
     "SignatureError",
     "StoreSettings",
     "VersionMismatch",
+    "check_fresh",
     "function_id",
     "sign",
     "source_hash",
@@ -298,19 +299,13 @@ def sign(
     }
 
 
-def verify(
-    secret: bytes,
-    body: bytes | bytearray | memoryview,
-    headers: Mapping[str, str],
-    *,
-    method: str,
-    path: str,
-    max_age_seconds: float,
-    now: float | None = None,
-) -> tuple[str, float]:
-    """Check the signature headers (lower-case keys) of a request; raise SignatureError.
+def check_fresh(
+    headers: Mapping[str, str], *, max_age_seconds: float, now: float | None = None
+) -> tuple[str, str, str]:
+    """The signature headers (lower-case keys), if present and inside the time window.
 
-    Returns the signature and its timestamp, for :class:`ReplayGuard`.
+    Cheap, and needs no body: the runtime calls it before reading a body at all, so an
+    unsigned or stale request cannot make it buffer megabytes. Raises SignatureError.
     """
     timestamp = headers.get(TIMESTAMP_HEADER.lower())
     signature = headers.get(SIGNATURE_HEADER.lower())
@@ -337,11 +332,30 @@ def verify(
             f"{SIGNATURE_HEADER} must look like '{SIGNATURE_SCHEME}=<hex>' (a caller with another "
             "provider version? deploy the same version on Airflow and in the image)"
         )
-    if len(nonce) > 64 or not hmac.compare_digest(
-        digest, _mac(secret, _signed_text(timestamp, nonce, method, path), body)
-    ):
+    if len(nonce) > 64:
+        raise SignatureError(f"{NONCE_HEADER} is longer than 64 characters")
+    return timestamp, nonce, digest
+
+
+def verify(
+    secret: bytes,
+    body: bytes | bytearray | memoryview,
+    headers: Mapping[str, str],
+    *,
+    method: str,
+    path: str,
+    max_age_seconds: float,
+    now: float | None = None,
+) -> tuple[str, float]:
+    """Check the signature headers (lower-case keys) of a request; raise SignatureError.
+
+    Returns the signature and its timestamp, for :class:`ReplayGuard`.
+    """
+    timestamp, nonce, digest = check_fresh(headers, max_age_seconds=max_age_seconds, now=now)
+    expected = _mac(secret, _signed_text(timestamp, nonce, method, path), body)
+    if not hmac.compare_digest(digest, expected):
         raise SignatureError("signature does not match the request: wrong signing secret or altered request")
-    return digest, float(sent)
+    return digest, float(timestamp)
 
 
 class ReplayGuard:

@@ -157,7 +157,7 @@ def spill(
     except StoreError as exc:
         raise SpilledValueError(
             f"cannot spill XCom {_describe(where)} ({codec.summarize(value)}) to the object store: {exc}"
-        ) from exc
+        ) from None
     if isinstance(packed, ObjectRef):
         return _ref_marker(packed)
     return {MARKER: MARKER_VERSION, "packed": base64.b64encode(packed).decode("ascii")}
@@ -201,7 +201,7 @@ def fetch(ref: ObjectRef) -> Any:
     try:
         return load_ref(ref)
     except StoreError as exc:
-        raise SpilledValueError(f"cannot read spilled XCom value {ref.url} ({ref.summary}): {exc}") from exc
+        raise SpilledValueError(f"cannot read spilled XCom value {ref.url} ({ref.summary}): {exc}") from None
     except codec.CodecError as exc:
         raise SpilledValueError(f"spilled XCom value {ref.url} cannot be decoded: {exc}") from None
 

@@ -15,21 +15,21 @@ from conftest import TEST_DAGS
 _MODULE = "knative_examples"
 
 
-def examples() -> ModuleType:
-    """The DAG module, imported once from the DAGs folder (dag.test() needs the file there)."""
-    module = sys.modules.get(_MODULE)
+def examples(name: str = _MODULE) -> ModuleType:
+    """A DAG module, imported once from the DAGs folder (dag.test() needs the file there)."""
+    module = sys.modules.get(name)
     if module is None:
-        spec = importlib.util.spec_from_file_location(_MODULE, TEST_DAGS / f"{_MODULE}.py")
+        spec = importlib.util.spec_from_file_location(name, TEST_DAGS / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
-        sys.modules[_MODULE] = module
+        sys.modules[name] = module
         spec.loader.exec_module(module)
     return module
 
 
-def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> Any:
-    """``dag.test()`` of one example DAG; returns the DagRun."""
-    dag = getattr(examples(), dag_id)
+def run_dag(dag_id: str, conf: dict[str, Any] | None = None, module: str = _MODULE) -> Any:
+    """``dag.test()`` of one DAG of a test DAG module; returns the DagRun."""
+    dag = getattr(examples(module), dag_id)
     return dag.test(run_conf=conf)
 
 

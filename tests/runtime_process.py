@@ -100,6 +100,7 @@ class RuntimeProcess:
         context: dict[str, Any] | None = None,
         source_hash: str | None = None,
         timeout: float = 60.0,
+        invocation_id: str = "",
         **kwargs: Any,
     ) -> tuple[httpx.Response, Any]:
         """POST one invocation; return the raw response and its decoded ``protocol.Result``.
@@ -118,6 +119,7 @@ class RuntimeProcess:
             kwargs=kwargs,
             context=context or {},
             store=store,
+            invocation_id=invocation_id,
         ).encode()
         headers = {"content-type": protocol.CONTENT_TYPE}
         if secret is not None:

@@ -36,6 +36,7 @@ def rt() -> RuntimeProcess:
 
 
 def post(rt: RuntimeProcess, body: bytes, **headers: str) -> tuple[httpx.Response, protocol.Result]:
+    headers = {"Content-Type": protocol.CONTENT_TYPE, **headers}
     resp = httpx.post(rt.url + protocol.INVOKE_PATH, content=body, headers=headers, timeout=30)
     assert resp.headers["content-type"] == protocol.CONTENT_TYPE
     return resp, protocol.Result.decode(resp.content)
@@ -203,7 +204,7 @@ def test_wrong_method_and_route(rt: RuntimeProcess) -> None:
 
 def test_server_survives_all_bad_input(rt: RuntimeProcess) -> None:
     for body in (b"", b"\x00" * 100, b"KNC1" + b"\xff" * 60, codec.dumps({"v": 1})):
-        resp = httpx.post(rt.url + "/invoke", content=body)
+        resp = httpx.post(rt.url + "/invoke", content=body, headers={"Content-Type": protocol.CONTENT_TYPE})
         assert resp.status_code == 400
     assert rt.proc.poll() is None
     assert rt.invoke("runtime_basic/add", 1, 1)[1].value == 2
@@ -263,7 +264,11 @@ def test_import_error_keeps_readyz_503_and_names_the_file() -> None:
         assert error["file"].endswith("runtime_broken.py")
         assert "broken on purpose" in error["error"]
         resp, result = runtime.invoke("x/y", source_hash="0" * 64)
-        assert resp.status_code == 503 and "failed to import" in result.error.message
+        # a broken DAG folder does not heal by retrying: the call fails at once, and the task's
+        # error names the file and the error (not just "HTTP 503")
+        assert resp.status_code == 500 and result.error.type == "DagImportError"
+        assert "failed to import" in result.error.message and "broken on purpose" in result.error.message
+        assert "runtime_broken.py" in result.error.message
         assert runtime.proc.poll() is None
         output = runtime.output()
     assert "runtime_broken.py" in output and "RuntimeError: this DAG file is broken on purpose" in output

@@ -1,10 +1,16 @@
-"""The runtime's ASGI application: ``/healthz``, ``/readyz``, ``/functions``, ``POST /invoke``.
+"""The runtime's ASGI application: the routes, admission, and waiting for outcomes.
 
-A plain ASGI callable rather than a framework router: the whole app is four routes, and the
-hot path (``/invoke``) must stay within 2x a bare uvicorn app per request. The event loop
-only moves bytes; everything else happens in :func:`invoke.handle` on a worker thread
-pool whose size is ``[knative] container_concurrency`` (calls beyond it queue), so health
-probes are answered while CPU-bound functions run.
+Routes: ``POST /invoke``, ``GET /invocations/<id>``, ``GET /healthz``, ``GET /readyz``,
+``GET /functions``. A plain ASGI callable rather than a framework router: the hot path
+(``/invoke``) must stay close to a bare uvicorn app per request.
+
+The event loop only admits and moves bytes; the work happens in :func:`invoke.handle` on a
+worker thread pool of ``[knative] container_concurrency`` threads (calls beyond it queue), so
+health probes are answered while CPU-bound functions run. Admission, before any body byte
+is buffered: readiness, ``Content-Type`` (415: a browser's "simple request" cannot reach a
+function), the signature headers and their time window when a secret is set (401), the
+declared size (413) and a budget for bodies being read at once (503 ``Busy``, which clients
+retry: nothing started).
 """
 
 from __future__ import annotations
@@ -12,14 +18,18 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 from airflow_provider_knative import protocol
-from airflow_provider_knative.functions import Function
+from airflow_provider_knative.errors import SignatureError
+from airflow_provider_knative.functions import FunctionInfo
 from airflow_provider_knative.runtime import invoke
+from airflow_provider_knative.runtime.ledger import Ledger
 from airflow_provider_knative.runtime.loader import ImportFailure
 
 Scope = MutableMapping[str, Any]
@@ -29,13 +39,17 @@ Send = Callable[[Message], Awaitable[None]]
 
 _MSGPACK = protocol.CONTENT_TYPE.encode()
 _JSON = b"application/json"
+#: the drain ends this long before the process must exit, so late calls still get an answer
+DRAIN_MARGIN_SECONDS = 1.0
+#: how often a waiting duplicate or status request looks at the ledger
+_LEDGER_POLL_SECONDS = 0.05
 
 
 @dataclass
 class RuntimeState:
     """What the routes report; written by the loader thread and the signal handler."""
 
-    functions: dict[str, Function] = field(default_factory=dict)
+    functions: dict[str, FunctionInfo] = field(default_factory=dict)
     failures: list[ImportFailure] = field(default_factory=list)
     loaded: bool = False
     draining: bool = False
@@ -52,16 +66,42 @@ def _header_text(message: str) -> bytes:
     return line.encode("ascii", "replace")
 
 
+def import_failure_message(failures: list[ImportFailure]) -> str:
+    """What a caller is told when the runtime's DAG folder did not import: files and errors."""
+    listed = "; ".join(f"{f.path}: {f.error}" for f in failures[:5])
+    more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+    return (
+        f"the runtime's DAG folder failed to import, so no function can run: {listed}{more}. Fix the "
+        "DAG files and rebuild/redeploy the image (GET /readyz on the pod shows the same)"
+    )
+
+
 class RuntimeApp:
     """ASGI app. ``pool`` runs invocations; ``state`` is shared with the loader."""
 
-    def __init__(self, state: RuntimeState, limits: invoke.Limits, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        state: RuntimeState,
+        limits: invoke.Limits,
+        pool: ThreadPoolExecutor,
+        run: invoke.Runner,
+        *,
+        body_budget_bytes: int | None = None,
+        on_expire: Callable[[], None] | None = None,
+    ) -> None:
         self.state = state
         self.limits = limits
         self.pool = pool
+        self.run = run
+        self.on_expire = on_expire
         self.guard = protocol.ReplayGuard(limits.signature_max_age_seconds) if limits.signing_secret else None
+        self.ledger: Ledger[invoke.Outcome] = Ledger(size_of=lambda o: len(o.body))
         self.in_flight = 0
+        self.body_budget = body_budget_bytes or limits.max_body_bytes * 2
+        self.buffering = 0  # bytes of bodies being read right now
         self._lock = threading.Lock()
+        self._waiting: set[asyncio.Future[Any]] = set()
+        self._expired = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -75,6 +115,8 @@ class RuntimeApp:
                 await self._json(send, 405, {"error": "use POST /invoke with a msgpack invocation"})
                 return
             await self._invoke(scope, receive, send)
+        elif path.startswith(protocol.INVOCATIONS_PATH) and method == "GET":
+            await self._status(scope, send)
         elif path == "/healthz":
             await self._json(send, 200, {"status": "ok", "in_flight": self.in_flight})
         elif path == "/readyz":
@@ -97,7 +139,9 @@ class RuntimeApp:
             )
         else:
             await self._json(
-                send, 404, {"error": f"no route {path}; try /invoke, /healthz, /readyz, /functions"}
+                send,
+                404,
+                {"error": f"no route {path}; try /invoke, /invocations/<id>, /healthz, /readyz, /functions"},
             )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -125,48 +169,194 @@ class RuntimeApp:
             body["import_errors"] = [{"file": f.path, "error": f.error} for f in state.failures]
         await self._json(send, 503, body)
 
-    async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
+    # ------------------------------------------------------------------ POST /invoke
+
+    def _refusal(self, headers: dict[str, str]) -> invoke.Outcome | None:
+        """Why this request is refused before its body is read, or None to read it."""
         state = self.state
-        if not state.ready:
-            if state.failures:
-                files = ", ".join(f.path for f in state.failures)
-                message = f"the runtime's DAG folder failed to import ({files}); see the pod log"
-            elif state.draining:
-                message = "the runtime is shutting down; retry on another pod"
-            else:
-                message = "the runtime is still importing its DAG folder; retry shortly"
-            await self._respond(send, invoke.error_outcome(503, "NotReady", message))
-            return
+        if state.failures:
+            return invoke.error_outcome(500, "DagImportError", import_failure_message(state.failures))
+        if state.draining:
+            return invoke.error_outcome(
+                503, "ShuttingDown", "the runtime is shutting down; retry on another pod"
+            )
+        if not state.loaded:
+            return invoke.error_outcome(503, "NotReady", "the runtime is still importing its DAG folder")
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != protocol.CONTENT_TYPE:
+            return invoke.error_outcome(
+                415,
+                "UnsupportedMediaType",
+                f"POST {protocol.INVOKE_PATH} takes Content-Type {protocol.CONTENT_TYPE} (an encoded "
+                f"protocol.Invocation), got {media or 'none'!r}",
+            )
+        if self.limits.signing_secret is not None:
+            try:
+                protocol.check_fresh(headers, max_age_seconds=self.limits.signature_max_age_seconds)
+            except SignatureError as exc:
+                return invoke.error_outcome(401, "SignatureError", str(exc))
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
+            return _too_large(int(declared), self.limits.max_body_bytes)
+        return None
+
+    def _reserve(self, size: int) -> bool:
+        with self._lock:
+            if self.buffering and self.buffering + size > self.body_budget:
+                return False
+            self.buffering += size
+            return True
+
+    def _release(self, size: int) -> None:
+        with self._lock:
+            self.buffering -= size
+
+    async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self._refusal(headers)
+        if refusal is not None:
+            await self._respond(send, refusal)
+            return
         limit = self.limits.max_body_bytes
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._respond(send, _too_large(int(declared), limit))
+        reserved = int(declared) if declared is not None and declared.isdigit() else limit
+        if not self._reserve(reserved):
+            await self._respond(
+                send,
+                invoke.error_outcome(
+                    503, "Busy", "this runtime is reading as many request bodies as it may hold; retry"
+                ),
+            )
             return
+        try:
+            body = await self._read_body(receive, limit)
+        finally:
+            self._release(reserved)
+        if body is None:
+            return
+        if isinstance(body, invoke.Outcome):
+            await self._respond(send, body)
+            return
+        outcome = await self._run(body, headers)
+        await self._respond(send, outcome)
+
+    @staticmethod
+    async def _read_body(receive: Receive, limit: int) -> bytearray | invoke.Outcome | None:
         body = bytearray()
         more = True
         while more:
             chunk = await receive()
             if chunk["type"] == "http.disconnect":
-                return
+                return None
             body += chunk.get("body", b"")
             more = chunk.get("more_body", False)
             if len(body) > limit:
-                await self._respond(send, _too_large(len(body), limit, so_far=True))
-                return
+                return _too_large(len(body), limit, so_far=True)
+        return body
+
+    async def _run(self, body: bytearray, headers: dict[str, str]) -> invoke.Outcome:
         loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(self.pool, self._handle, body, headers)
-        await self._respond(send, outcome)
+        future = loop.run_in_executor(self.pool, self._handle, body, headers)
+        self._waiting.add(future)
+        try:
+            outcome = await future
+        except asyncio.CancelledError:
+            if not self._expired:
+                raise
+            return self._drain_timeout()
+        finally:
+            self._waiting.discard(future)
+        if outcome.pending is not None:  # the same invocation id is running or has run
+            return await self._wait_entry(outcome.pending, deadline=None)
+        return outcome
 
     def _handle(self, body: bytearray, headers: dict[str, str]) -> invoke.Outcome:
         """Worker-thread side; counts itself so shutdown knows whether calls are still running."""
         with self._lock:
             self.in_flight += 1
         try:
-            return invoke.handle(body, headers, self.state.functions, self.limits, self.guard)
+            return invoke.handle(
+                body, headers, self.state.functions, self.limits, self.run, self.guard, self.ledger
+            )
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+    async def _wait_entry(self, entry: Any, deadline: float | None) -> invoke.Outcome:
+        """The recorded outcome of a ledger entry, waiting on the loop (no thread held)."""
+        while not entry.done.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                return invoke.running_outcome()
+            if self._expired:
+                return self._drain_timeout()
+            await asyncio.sleep(_LEDGER_POLL_SECONDS)
+        if entry.outcome is None:  # forgotten: the first request was refused before it ran
+            return invoke.error_outcome(
+                404, protocol.UNKNOWN_INVOCATION, "the invocation was refused before it started"
+            )
+        return entry.outcome
+
+    # ------------------------------------------------------------------ GET /invocations/<id>
+
+    async def _status(self, scope: Scope, send: Send) -> None:
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        query = scope.get("query_string", b"").decode("latin-1")
+        invocation_id = unquote(raw_path[len(protocol.INVOCATIONS_PATH) :])
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            invoke.verify(
+                b"",
+                headers,
+                self.limits,
+                self.guard,
+                method="GET",
+                path=raw_path + ("?" + query if query else ""),
+            )
+        except invoke.Rejected as exc:
+            await self._respond(send, invoke.error_outcome(exc.status, exc.type, exc.message))
+            return
+        try:
+            wait = min(float(parse_qs(query).get("wait", ["0"])[0]), 300.0)
+        except ValueError:
+            wait = 0.0
+        entry = self.ledger.get(invocation_id)
+        if entry is None:
+            outcome = invoke.error_outcome(
+                404,
+                protocol.UNKNOWN_INVOCATION,
+                f"this runtime has no record of invocation {invocation_id[:200]!r}: it never arrived here, "
+                "or this pod started after it ran",
+            )
+        else:
+            outcome = await self._wait_entry(entry, deadline=time.monotonic() + max(0.0, wait))
+        await self._respond(send, outcome)
+
+    # ------------------------------------------------------------------ drain
+
+    def start_drain(self, drain_seconds: float) -> None:
+        """SIGTERM: stop admitting; calls still running at the end of the drain get an answer
+        saying so (instead of a bare 500 from the server when it gives up on them)."""
+        self.state.draining = True
+        loop = asyncio.get_running_loop()
+        loop.call_later(max(0.0, drain_seconds - DRAIN_MARGIN_SECONDS), self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        for future in list(self._waiting):
+            future.cancel()
+        if self.on_expire is not None:
+            self.on_expire()
+
+    def _drain_timeout(self) -> invoke.Outcome:
+        return invoke.error_outcome(
+            500,
+            "DrainTimeout",
+            "the runtime was shutting down (SIGTERM: scale-down or a new revision) and this call did not "
+            "finish within [knative] drain_timeout_seconds; it was abandoned and may have partly run. "
+            "Airflow's task retries apply",
+        )
+
+    # ------------------------------------------------------------------ responses
 
     @staticmethod
     async def _respond(send: Send, outcome: invoke.Outcome) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 DEFAULT_PORT = 8080
 
@@ -43,7 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from airflow_provider_knative.errors import ConfigError
     from airflow_provider_knative.runtime.server import serve
 
     port = args.port if args.port is not None else _default_port()
-    return serve(args.dags_folder, args.host, port)
+    try:
+        return serve(args.dags_folder, args.host, port)
+    except ConfigError as exc:
+        print(f"airflow-knative serve: {exc}", file=sys.stderr)
+        return 2

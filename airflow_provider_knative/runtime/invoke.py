@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +41,9 @@ from airflow_provider_knative.errors import (
     SignatureError,
     StoreError,
 )
-from airflow_provider_knative.functions import Function
+from airflow_provider_knative.functions import Function, FunctionInfo
 from airflow_provider_knative.runtime import logs
+from airflow_provider_knative.runtime.ledger import Entry, Ledger
 
 #: module names the loader gives DAG files (as Airflow does): unusual_prefix_<sha1>_<stem>
 _GENERATED_MODULE = re.compile(r"unusual_prefix_[0-9a-f]{40}_\w+?\.")
@@ -60,11 +61,16 @@ class Limits:
 
 @dataclass
 class Outcome:
-    """An HTTP answer: status, msgpack body, and a one-line error for the response header."""
+    """An HTTP answer: status, msgpack body, and a one-line error for the response header.
+
+    ``pending`` instead: this invocation id is already running or has run (a retry or a
+    replay); the caller waits for that entry's outcome rather than running it again.
+    """
 
     status: int
     body: bytes
     error: str = ""
+    pending: Entry[Outcome] | None = None
 
 
 class Rejected(KnativeError):
@@ -86,6 +92,11 @@ def error_outcome(status: int, type_: str, message: str, tb: str = "", capture: 
         logs_truncated=bool(capture is not None and capture.truncated),
     )
     return Outcome(status, result.encode(), f"{type_}: {message}")
+
+
+def running_outcome() -> Outcome:
+    """The answer to a status request while the invocation is still running (202)."""
+    return Outcome(202, protocol.Result(status="running").encode())
 
 
 def verify(
@@ -131,7 +142,7 @@ def _decode(body: bytearray) -> protocol.Invocation:
         raise Rejected(400, "ProtocolError", str(exc)) from None
 
 
-def _lookup(inv: protocol.Invocation, functions_: Mapping[str, Function]) -> Function:
+def _lookup(inv: protocol.Invocation, functions_: Mapping[str, FunctionInfo]) -> FunctionInfo:
     fn = functions_.get(inv.function_id)
     if fn is None:
         # Name nothing that is registered: the id is echoed only as repr, truncated.
@@ -199,20 +210,49 @@ def _user_traceback(exc: BaseException) -> str:
     return _clean("".join(traceback.format_exception(type(exc), exc, tb)))
 
 
+#: how a call is run once admitted (see ``isolation``)
+Runner = Callable[[FunctionInfo, protocol.Invocation, bytes | bytearray], "Outcome"]
+
+
 def handle(
     body: bytearray,
     headers: Mapping[str, str],
-    functions_: Mapping[str, Function],
+    functions_: Mapping[str, FunctionInfo],
     limits: Limits,
+    run: Runner,
     guard: protocol.ReplayGuard | None = None,
+    ledger: Ledger[Outcome] | None = None,
 ) -> Outcome:
-    """Answer one invocation. Runs in a worker thread; never raises."""
-    started = time.perf_counter()
-    capture = None
+    """Answer one invocation. Runs in a worker thread; never raises.
+
+    ``run`` calls the function (in this thread, or in a process of its own: see
+    ``isolation``). An invocation id seen before is not run again: the answer is
+    ``Outcome(pending=entry)`` and the caller waits for that entry's recorded outcome.
+    """
     try:
         verify(body, headers, limits, guard)
         inv = _decode(body)
         fn = _lookup(inv, functions_)
+    except Rejected as exc:
+        return error_outcome(exc.status, exc.type, exc.message)
+    if ledger is None or not inv.invocation_id:
+        return run(fn, inv, body)
+    entry, fresh = ledger.begin(inv.invocation_id)
+    if not fresh:
+        return Outcome(0, b"", pending=entry)
+    outcome = Outcome(500, b"")
+    try:
+        outcome = run(fn, inv, body)
+    finally:
+        ledger.finish(inv.invocation_id, outcome)
+    return outcome
+
+
+def run(fn: Function, inv: protocol.Invocation, limits: Limits) -> Outcome:
+    """Prepare the arguments, call the function, encode the result; every failure an Outcome."""
+    started = time.perf_counter()
+    capture = None
+    try:
         args, kwargs = _prepare(fn, inv)
         capture, token = logs.start(limits.log_max_bytes)
         try:

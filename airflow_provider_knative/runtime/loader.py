@@ -29,6 +29,21 @@ from airflow_provider_knative.functions import DECORATOR_NAME, Function
 IGNORE_FILE = ".airflowignore"
 
 
+_current: Registry | None = None
+
+
+def set_current(registry: Registry) -> None:
+    """Remember the registry this process imported (the fork server's children look it up)."""
+    global _current
+    _current = registry
+
+
+def current() -> Registry:
+    if _current is None:
+        raise RuntimeError("no DAG folder was imported in this process")
+    return _current
+
+
 @dataclass
 class ImportFailure:
     path: str

@@ -9,7 +9,9 @@ process exits 0; calls still running after the drain timeout make it exit 1.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -25,8 +27,11 @@ from typing import Any
 import uvicorn
 
 from airflow_provider_knative import config
-from airflow_provider_knative.runtime import invoke, loader, logs
+from airflow_provider_knative.functions import FunctionInfo
+from airflow_provider_knative.runtime import invoke, isolation, loader, logs
 from airflow_provider_knative.runtime.app import RuntimeApp, RuntimeState
+from airflow_provider_knative.runtime.forkserver import ForkServer
+from airflow_provider_knative.runtime.http import GuardedHttpToolsProtocol
 
 log = logging.getLogger("airflow_provider_knative.runtime")
 
@@ -56,9 +61,11 @@ class _Server(uvicorn.Server):
     process with -15 even after a clean drain; Knative and our tests expect exit 0.
     """
 
-    def __init__(self, config_: uvicorn.Config, state: RuntimeState, on_started: Any) -> None:
+    def __init__(self, config_: uvicorn.Config, app: RuntimeApp, drain: float, on_started: Any) -> None:
         super().__init__(config_)
-        self.state = state
+        self.app = app
+        self.state = app.state
+        self.drain = drain
         self.on_started = on_started
 
     @contextlib.contextmanager
@@ -77,17 +84,20 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.state.draining:
             log.info("received %s: draining in-flight calls", signal.Signals(sig).name)
-        self.state.draining = True
+            self.state.draining = True
+            if self.started:
+                self.loop.call_soon_threadsafe(self.app.start_drain, self.drain)
         super().handle_exit(sig, frame)
 
     async def startup(self, sockets: Any = None) -> None:
+        self.loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
         if self.started:
             self.on_started()
 
 
 def _import_dags(folder: str, state: RuntimeState, t0: float) -> None:
-    """Import the DAG folder (loader thread); report failures loudly; flip readiness."""
+    """Thread isolation: import the DAG folder in this process (loader thread)."""
     t_start = time.time()
     # The runtime is a library user of Airflow: no metadata DB, no settings.initialize().
     os.environ.setdefault("_AIRFLOW__AS_LIBRARY", "1")
@@ -103,38 +113,109 @@ def _import_dags(folder: str, state: RuntimeState, t0: float) -> None:
         log.error("DAG file %s failed to import: %s\n%s", failure.path, failure.error, failure.traceback)
 
     registry = loader.load(folder, on_failure=report)
+    loader.set_current(registry)
     t_done = time.time()
-    state.functions = registry.functions
-    state.failures.extend(registry.failures)
-    state.timings.update(
-        {
-            "airflow_import_s": round(t_airflow - t_start, 3),
-            "dag_import_s": round(t_done - t_airflow, 3),
-            "ready_after_s": round(t_done - t0, 3),
-        }
-    )
+    timings = {
+        "airflow_import_s": round(t_airflow - t_start, 3),
+        "dag_import_s": round(t_done - t_airflow, 3),
+    }
+    _publish(state, folder, dict(registry.functions), registry.failures, len(registry.files), timings, t0)
+
+
+def _start_forkserver(forks: ForkServer, folder: str, state: RuntimeState, t0: float) -> None:
+    """Process isolation: the fork server imports the DAG folder; this process never does."""
+    forks.start()
+    info = forks.wait_ready()
+    if info is None:
+        state.failures.append(loader.ImportFailure(folder, "the fork server died while importing", ""))
+        state.loaded = True
+        log.error("NOT READY: the fork server died while importing %s (see the lines above)", folder)
+        return
+    functions: dict[str, FunctionInfo] = {
+        f["id"]: FunctionInfo(f["id"], f["source_hash"], f["dag_id"], f["task_id"], f["fileloc"])
+        for f in info["functions"]
+    }
+    failures = [loader.ImportFailure(f["path"], f["error"], f["traceback"]) for f in info["failures"]]
+    for failure in failures:
+        log.error("DAG file %s failed to import: %s\n%s", failure.path, failure.error, failure.traceback)
+    timings = {"forkserver_import_s": info["import_s"]}
+    _publish(state, folder, functions, failures, len(info["files"]), timings, t0)
+
+
+def _publish(
+    state: RuntimeState,
+    folder: str,
+    functions: dict[str, FunctionInfo],
+    failures: list[loader.ImportFailure],
+    files: int,
+    timings: dict[str, float],
+    t0: float,
+) -> None:
+    """Make the imported functions callable and flip readiness; say loudly what failed."""
+    state.functions = functions
+    state.failures.extend(failures)
+    state.timings.update(timings, ready_after_s=round(time.time() - t0, 3))
     state.loaded = True
-    if registry.failures:
+    if failures:
         log.error(
             "NOT READY: %d of %d DAG files failed to import (%s); /readyz stays 503",
-            len(registry.failures),
-            len(registry.files),
-            ", ".join(f.path for f in registry.failures),
+            len(failures),
+            files,
+            ", ".join(f.path for f in failures),
         )
-    else:
-        log.info(
-            "ready: %d function(s) from %d DAG file(s) in %s; cold start %.3f s "
-            "(python+server %.3f s, airflow import %.3f s, DAG import %.3f s)",
-            len(registry.functions),
-            len(registry.files),
-            folder,
-            t_done - t0,
-            state.timings.get("server_up_s", 0.0),
-            t_airflow - t_start,
-            t_done - t_airflow,
+        return
+    log.info(
+        "ready: %d function(s) from %d DAG file(s) in %s; cold start %.3f s (%s)",
+        len(functions),
+        files,
+        folder,
+        state.timings["ready_after_s"],
+        ", ".join(f"{k} {v}" for k, v in state.timings.items() if k != "ready_after_s"),
+    )
+    for fn in functions.values():
+        log.info("  %s (source %s)", fn.function_id, fn.source_hash[:12])
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the port on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_signing(secret: bytes | None, host: str) -> None:
+    """Refuse to serve unsigned calls beyond loopback unless ``[knative] allow_unsigned`` says so.
+
+    Anyone who reaches an unsigned runtime's port runs its functions, and a web page can
+    reach 127.0.0.1 too (that is what the 415 on non-msgpack bodies stops). On loopback, for
+    the local stack and tests, a warning is enough; elsewhere it takes an explicit opt-in.
+    """
+    if secret is not None:
+        return
+    where = f"on {host}"
+    if is_loopback(host):
+        log.warning(
+            "SECURITY: no signing secret is configured ([knative] signing_secret / "
+            "AIRFLOW__KNATIVE__SIGNING_SECRET or signing_secret_file): any local process can run "
+            "this runtime's functions. Set the same secret on Airflow and the runtime"
         )
-        for fn in registry.functions.values():
-            log.info("  %s (source %s)", fn.function_id, fn.source_hash[:12])
+        return
+    if config.get("allow_unsigned"):
+        log.warning(
+            "SECURITY: serving UNSIGNED invocations %s because [knative] allow_unsigned is true: anyone "
+            "who can reach this port runs the registered functions",
+            where,
+        )
+        return
+    raise config.ConfigError(
+        f"airflow-knative serve: refusing to listen {where} without a signing secret: anyone who can "
+        "reach the port could run the DAG's functions. Set [knative] signing_secret (or "
+        "signing_secret_file, e.g. a mounted Kubernetes Secret) to the same value as in Airflow; or "
+        "bind 127.0.0.1; or, on a network you trust, set AIRFLOW__KNATIVE__ALLOW_UNSIGNED=true"
+    )
 
 
 def serve(dags_folder: str, host: str, port: int) -> int:
@@ -143,13 +224,7 @@ def serve(dags_folder: str, host: str, port: int) -> int:
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     logs.install()
     secret = config.signing_secret()
-    if secret is None:
-        log.warning(
-            "SECURITY: no signing secret is configured ([knative] signing_secret / "
-            "AIRFLOW__KNATIVE__SIGNING_SECRET or signing_secret_file): this runtime runs any "
-            "registered function for anyone who can reach its port. Set the same secret on "
-            "Airflow and the runtime"
-        )
+    check_signing(secret, host)
     limits = invoke.Limits(
         max_body_bytes=config.get("max_body_bytes"),
         log_max_bytes=config.get("log_max_bytes"),
@@ -158,18 +233,30 @@ def serve(dags_folder: str, host: str, port: int) -> int:
     )
     workers = config.get("container_concurrency") or UNLIMITED_WORKERS
     drain = float(config.get("drain_timeout_seconds"))
+    mode = config.get("isolation")
     state = RuntimeState()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knative-invoke")
-    app = RuntimeApp(state, limits, pool)
+    forks: ForkServer | None = None
+    if mode == "process":
+        forks = ForkServer(dags_folder)
+        runner = isolation.ProcessRunner(forks, limits)
+        app = RuntimeApp(state, limits, pool, runner, on_expire=runner.kill_all)
+        load: tuple[Any, ...] = (_start_forkserver, (forks, dags_folder, state, t0))
+    else:
+        app = RuntimeApp(state, limits, pool, isolation.run_in_thread(limits))
+        load = (_import_dags, (dags_folder, state, t0))
 
     def started() -> None:
         state.timings["server_up_s"] = round(time.time() - t0, 3)
         log.info(
-            "listening on http://%s:%d (%d worker threads); importing %s", host, port, workers, dags_folder
+            "listening on http://%s:%d (%d workers, %s isolation); importing %s",
+            host,
+            port,
+            workers,
+            mode,
+            dags_folder,
         )
-        threading.Thread(
-            target=_import_dags, args=(dags_folder, state, t0), name="knative-dag-import", daemon=True
-        ).start()
+        threading.Thread(target=load[0], args=load[1], name="knative-dag-import", daemon=True).start()
 
     uv_config = uvicorn.Config(
         app,
@@ -180,9 +267,14 @@ def serve(dags_folder: str, host: str, port: int) -> int:
         log_level="warning",
         timeout_graceful_shutdown=max(1, round(drain)),
         server_header=False,
+        http=GuardedHttpToolsProtocol,
     )
-    server = _Server(uv_config, state, started)
-    server.run()
+    server = _Server(uv_config, app, drain, started)
+    try:
+        server.run()
+    finally:
+        if forks is not None:
+            forks.close()
     pool.shutdown(wait=False, cancel_futures=True)
     if app.in_flight:
         log.error(
