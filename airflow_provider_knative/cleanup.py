@@ -63,7 +63,7 @@ def referenced_urls(values: Iterable[Any]) -> set[str]:
     too, in case one holds an ``ObjectRef`` (a function's result forwarded inside a tuple,
     say): a row whose value cannot be decoded is reported and keeps nothing alive.
     """
-    from airflow_provider_knative.xcom import SpilledValueError, is_marker, load, ref_of
+    from airflow_provider_knative.xcom import SpilledValueError, is_marker, load, pass_references, ref_of
 
     urls: set[str] = set()
     for value in values:
@@ -77,7 +77,8 @@ def referenced_urls(values: Iterable[Any]) -> set[str]:
             urls.add(ref.url)
         elif "packed" in value:
             try:
-                _collect_refs(load(value), urls)
+                with pass_references():  # read the references, never what they point to
+                    _collect_refs(load(value), urls)
             except SpilledValueError:
                 continue
     return urls

@@ -18,6 +18,7 @@ breakpoint in the function stops there.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
@@ -33,6 +34,8 @@ from airflow_provider_knative.invoker import Request, Response, read_result
 from airflow_provider_knative.operators import KnativeOperator, airflow_errors
 
 REMOTE_LOG_END = "---- end of remote logs ----"
+
+log = logging.getLogger(__name__)
 
 
 class KnativeFunctionError(KnativeError, AirflowException):
@@ -178,13 +181,19 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
             ) from None
         self._emit_remote_logs(result)
         value = result.value
-        if self.multiple_outputs and isinstance(value, codec.ObjectRef):
-            # Airflow needs the dict to push one XCom per key; each large key is spilled again
+        if isinstance(value, codec.ObjectRef) and (self.multiple_outputs or self._mapped_over()):
+            # Airflow needs the dict (one XCom per key) or the list (to count and index it for
+            # .expand()) itself. The runtime stores a container of up to spill.MAX_SPLIT_ITEMS
+            # items item by item, so this happens only for bigger ones.
             from airflow_provider_knative.xcom import fetch
 
-            self.log.info("multiple_outputs: fetching the spilled result %s to split it", value.url)
+            self.log.info("fetching the spilled result %s: Airflow needs the container itself", value.url)
             value = fetch(value)
         return value
+
+    def _mapped_over(self) -> bool:
+        """Whether a downstream task maps over this task's result."""
+        return next(iter(self.iter_mapped_dependants()), None) is not None
 
     def _where(self) -> str:
         return self.service or self.url or "the service"
@@ -235,7 +244,15 @@ class _KnativeMappedOperator(DecoratedMappedOperator):
     __slots__ = ()
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
-        with _pass_references():
+        try:
+            with _pass_references():
+                super().render_template_fields(context, jinja_env)
+        except TypeError as exc:
+            if "ObjectRef" not in str(exc):
+                raise
+            # The mapped-over value was spilled whole (a container too big to store item by
+            # item): Airflow must index it, so it is read here, and each item travels inline.
+            log.info("the mapped-over value was spilled whole; reading it to pick this task's item")
             super().render_template_fields(context, jinja_env)
 
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_knative import codec, protocol, spill, store, walk
+from airflow_provider_knative import codec, protocol, spill, store
 from airflow_provider_knative.errors import ArgumentMismatch, ReferenceFetchError, ResultEncodingError
 
 #: the operator name Airflow records for a ``@task.knative`` task (``custom_operator_name``);
@@ -25,9 +24,6 @@ DECORATOR_NAME = "@task.knative"
 
 #: context keys handed to a function parameter of the same name when the caller did not pass it
 CONTEXT_PARAMETERS = ("dag_id", "task_id", "run_id", "map_index", "try_number", "params")
-
-#: parallel downloads when a call has several reference arguments
-FETCH_CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -107,27 +103,11 @@ def fetch_references(
     args: list[Any], kwargs: dict[str, Any], settings: protocol.StoreSettings | None
 ) -> tuple[list[Any], dict[str, Any]]:
     """Replace every ObjectRef in the arguments by its value, fetching them in parallel."""
-    unique = list(dict.fromkeys(v for v in walk.leaves((args, kwargs)) if isinstance(v, codec.ObjectRef)))
-    if not unique:
-        return args, kwargs
-
-    def fetch(ref: codec.ObjectRef) -> Any:
-        return spill.load_ref(ref, _store_for(ref, settings))
-
     try:
-        if len(unique) == 1:
-            values = [fetch(unique[0])]
-        else:
-            with ThreadPoolExecutor(max_workers=min(FETCH_CONCURRENCY, len(unique))) as pool:
-                values = list(pool.map(fetch, unique))
+        args, kwargs = spill.resolve_refs((args, kwargs), lambda ref: _store_for(ref, settings))
     except Exception as exc:
         raise ReferenceFetchError(f"cannot fetch an argument passed by reference: {exc}") from exc
-    fetched = dict(zip(unique, values, strict=True))
-
-    def swap(value: Any) -> Any:
-        return fetched[value] if isinstance(value, codec.ObjectRef) else value
-
-    return walk.rebuild(args, swap), walk.rebuild(kwargs, swap)
+    return args, kwargs
 
 
 def prepare(fn: Function, inv: protocol.Invocation) -> tuple[list[Any], dict[str, Any]]:

@@ -41,6 +41,7 @@ __all__ = [
     "forget_stores",
     "open_store",
     "task_key",
+    "task_prefix",
 ]
 
 Chunks = Iterable[bytes | memoryview]
@@ -236,16 +237,23 @@ def task_key(
     """The one key layout for every object the provider writes.
 
     ``[<prefix>/]<dag_id>/<run_id>/<task_id>[/<map_index>]/<name>/<uuid>.knc``: XCom values
-    (``name`` is the XCom key), results the runtime spills (``return_value``) and the
-    request/response bodies of deferred calls (``_request``, ``_response``). One layout means
-    one ``xcom-cleanup`` sees everything, and an object's key tells whose it is.
+    (``name`` is the XCom key; ``key.N`` for item N of a container stored item by item),
+    results the runtime spills (``return_value``) and the request/response bodies of deferred
+    calls (``_request``, ``_response``). One layout means one ``xcom-cleanup`` sees everything,
+    and an object's key tells whose it is.
     """
+    return task_prefix(dag_id, run_id, task_id, map_index, prefix) + _new_key([name or "_"])
+
+
+def task_prefix(
+    dag_id: str | None, run_id: str | None, task_id: str | None, map_index: int | None, prefix: str = ""
+) -> str:
+    """The key prefix (ending in ``/``) of everything one task try's objects are stored under."""
     segments = [s for s in prefix.split("/") if s]
     segments += [dag_id or "_", run_id or "_", task_id or "_"]
     if map_index is not None and map_index >= 0:
         segments.append(str(map_index))
-    segments.append(name or "_")
-    return _new_key(segments)
+    return "".join(safe_segment(s) + "/" for s in segments)
 
 
 # --------------------------------------------------------------------------------------

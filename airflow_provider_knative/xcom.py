@@ -43,8 +43,9 @@ from airflow.sdk.bases.xcom import BaseXCom
 from airflow_provider_knative import codec, config
 from airflow_provider_knative.codec import ObjectRef
 from airflow_provider_knative.errors import SpilledValueError, StoreError
-from airflow_provider_knative.spill import Owner, encode_or_spill, load_ref
+from airflow_provider_knative.spill import Owner, encode_or_spill, load_ref, resolve_refs
 from airflow_provider_knative.store import open_store
+from airflow_provider_knative.walk import leaves
 
 log = logging.getLogger(__name__)
 
@@ -185,9 +186,11 @@ def load(stored: Any) -> Any:
         except (binascii.Error, TypeError, ValueError) as exc:
             raise SpilledValueError(f"inline XCom value is not valid base64: {exc}") from None
         try:
-            return codec.loads(data)
+            value = codec.loads(data)
         except codec.CodecError as exc:
             raise SpilledValueError(f"inline XCom value is corrupt: {exc}") from None
+        # a container stored item by item holds references: the task gets the items themselves
+        return value if _pass_refs.get() else _resolve(value)
     ref = ref_of(stored)
     if ref is None:
         raise SpilledValueError(f"XCom marker holds neither 'packed' nor 'ref': {sorted(stored)}")
@@ -196,29 +199,46 @@ def load(stored: Any) -> Any:
     return fetch(ref)
 
 
+def _resolve(value: Any) -> Any:
+    try:
+        return resolve_refs(value)
+    except StoreError as exc:
+        raise SpilledValueError(f"cannot read an item of a spilled XCom value: {exc}") from None
+    except codec.CodecError as exc:
+        raise SpilledValueError(f"an item of a spilled XCom value cannot be decoded: {exc}") from None
+
+
 def fetch(ref: ObjectRef) -> Any:
     """Download, verify (size and SHA-256) and decode a spilled value; errors name the URL."""
     try:
-        return load_ref(ref)
+        return _resolve(load_ref(ref))
     except StoreError as exc:
         raise SpilledValueError(f"cannot read spilled XCom value {ref.url} ({ref.summary}): {exc}") from None
     except codec.CodecError as exc:
         raise SpilledValueError(f"spilled XCom value {ref.url} cannot be decoded: {exc}") from None
 
 
-def discard(stored: Any) -> None:
-    """Delete the object a stored reference points to; a no-op for inline values.
+def discard(stored: Any, owner: Owner | None = None) -> None:
+    """Delete the objects a stored XCom value points to; a no-op for inline values.
 
+    A reference marker's object is deleted. References inside a packed value (a container
+    stored item by item) are deleted only when they lie under ``owner``'s key prefix: a
+    reference the task merely forwarded belongs to another XCom and must outlive this one.
     A store failure is logged, not raised: purge runs before a cleared task starts again,
     and a leftover object is what ``airflow-knative xcom-cleanup`` removes later.
     """
     ref = ref_of(stored)
-    if ref is None:
-        return
-    try:
-        open_store().delete(ref.url)
-    except StoreError as exc:
-        log.warning("could not delete spilled XCom object %s (xcom-cleanup will retry): %s", ref.url, exc)
+    urls = [ref.url] if ref is not None else []
+    if ref is None and is_marker(stored) and "packed" in stored and owner is not None:
+        own = open_store().root_url.rstrip("/") + "/" + owner.prefix_key()
+        with pass_references():
+            nested = load(stored)
+        urls = [v.url for v in leaves(nested) if isinstance(v, ObjectRef) and v.url.startswith(own)]
+    for url in urls:
+        try:
+            open_store().delete(url)
+        except StoreError as exc:
+            log.warning("could not delete spilled XCom object %s (xcom-cleanup will retry): %s", url, exc)
 
 
 class KnativeXComBackend(BaseXCom):
@@ -242,4 +262,7 @@ class KnativeXComBackend(BaseXCom):
 
     @classmethod
     def purge(cls, xcom: Any, *args: Any) -> None:
-        discard(getattr(xcom, "value", None))
+        owner = None
+        if getattr(xcom, "dag_id", None) and getattr(xcom, "task_id", None):
+            owner = Owner(xcom.dag_id, xcom.run_id, xcom.task_id, getattr(xcom, "map_index", None))
+        discard(getattr(xcom, "value", None), owner)

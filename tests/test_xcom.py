@@ -20,6 +20,7 @@ from xcom_dagrun import load_dag, rerun_task, run_dag, task_states, xcom_rows
 
 from airflow_provider_knative import codec, store
 from airflow_provider_knative.codec import ObjectRef
+from airflow_provider_knative.walk import leaves
 from airflow_provider_knative.xcom import (
     MARKER,
     KnativeXComBackend,
@@ -356,15 +357,30 @@ def test_dag_moves_every_kind_of_value(any_store: str) -> None:
     assert set(rows[("make_moments", -1, "return_value")]) == {MARKER, "packed"}
     assert ref("make_both", "frame")["summary"] == "DataFrame 50000 rows x 8 cols"
     assert ref("make_both", "array")["summary"] == "ndarray float64 (1000, 1000)"
-    assert ref("make_both")["summary"] == "dict of 2 items"
-    assert ref("make_chunks")["summary"] == "list of 3 items"
+
+    def split(task: str) -> list[ObjectRef]:
+        """A container over the limit is stored item by item: a small packed value of references."""
+        value = rows[(task, -1, "return_value")]
+        assert set(value) == {MARKER, "packed"} and len(value["packed"]) < 4096, value
+        with pass_references():
+            items = KnativeXComBackend.deserialize_value(Row(value))
+        return [v for v in leaves(items) if isinstance(v, ObjectRef)]
+
+    both = split("make_both")
+    assert sorted(r.summary for r in both) == [
+        "DataFrame 50000 rows x 8 cols",
+        "ndarray float64 (1000, 1000)",
+    ]
+    chunks = split("make_chunks")
+    assert [r.summary for r in chunks] == ["ndarray float64 (256, 512)"] * 3
     for i in range(3):
         assert ref("double", index=i)["summary"] == "ndarray float64 (256, 512)"
     assert rows[("total", -1, "return_value")] == float(2 * 256 * 512 * (0 + 1 + 2))
 
-    # every spilled object is referenced by exactly one row, and nothing else is in the store
+    # every spilled object is referenced exactly once, and nothing else is in the store
     referenced = sorted(v["ref"] for v in rows.values() if isinstance(v, dict) and "ref" in v)
-    assert len(referenced) == len(set(referenced)) == 9
+    referenced = sorted(referenced + [r.url for r in both + chunks])
+    assert len(referenced) == len(set(referenced)) == 12  # make_both: 2 + 2, make_chunks: 3
     run_objects = [u for u in objects(any_store) if "/xcom_values/" in u]
     assert sorted(run_objects) == referenced
 

@@ -111,10 +111,6 @@ class Job:
             yield value
 
 
-class ForkServerDied(RuntimeError):
-    """Reported (as a job's exit) when the fork server process itself is gone."""
-
-
 class ForkServer:
     """The server's handle on the fork server process (see the module docstring)."""
 

@@ -1,0 +1,73 @@
+"""A large list result feeds ``.expand()`` and ``.expand_kwargs()``, each mapped task getting
+only its own item, by reference when the item is large.
+
+Twelve batches of 1,800 float64 values (~14 KB each, ~170 KB in all): over the 64 KiB inline
+limit as a whole, so the list is stored item by item. Through a real runtime (sync and
+deferrable) and with plain ``@task`` under the XCom backend.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from conftest import TEST_DAGS
+from knative_dagrun import run_dag, stored_xcom, task_states, xcom_value
+from runtime_process import RuntimeProcess, start_runtime
+
+from airflow_provider_knative import codec
+from airflow_provider_knative.xcom import MARKER, pass_references
+
+BATCHES = 12
+ROWS = 1800
+EXPECTED_SUMS = [float(i * ROWS) for i in range(BATCHES)]
+
+
+@pytest.fixture(scope="module")
+def runtime(airflow_home) -> Iterator[RuntimeProcess]:
+    with start_runtime(TEST_DAGS, env={"AIRFLOW__KNATIVE__SIGNING_SECRET": ""}) as rt:
+        before = os.environ.get("AIRFLOW__KNATIVE__URL_TEMPLATE")
+        os.environ["AIRFLOW__KNATIVE__URL_TEMPLATE"] = rt.url
+        try:
+            yield rt
+        finally:
+            if before is None:
+                os.environ.pop("AIRFLOW__KNATIVE__URL_TEMPLATE", None)
+            else:
+                os.environ["AIRFLOW__KNATIVE__URL_TEMPLATE"] = before
+
+
+def _check(run) -> None:
+    states = task_states(run)
+    assert set(states.values()) == {"success"}, states
+    assert xcom_value(run, "total_expand") == sum(EXPECTED_SUMS)
+    assert xcom_value(run, "total_expand_kwargs") == sum(s * i for i, s in enumerate(EXPECTED_SUMS))
+    for i in range(BATCHES):
+        assert xcom_value(run, "batch_sum", map_index=i) == EXPECTED_SUMS[i]
+    # the list is stored item by item: a small packed list of references, one object per batch
+    stored = stored_xcom(run, "make_batches")
+    assert stored[MARKER] == 1 and "packed" in stored and len(stored["packed"]) < 16_000
+    from types import SimpleNamespace
+
+    from airflow_provider_knative.xcom import KnativeXComBackend
+
+    with pass_references():
+        items = KnativeXComBackend.deserialize_value(SimpleNamespace(value=stored))
+    assert type(items) is list and len(items) == BATCHES
+    assert all(isinstance(item, codec.ObjectRef) for item in items)
+    assert items[3].summary == f"ndarray float64 ({ROWS},)"
+    # a task that reads the list whole gets the arrays themselves
+    whole = xcom_value(run, "make_batches")
+    assert [float(b.sum()) for b in whole] == EXPECTED_SUMS
+
+
+@pytest.mark.parametrize("dag_id", ["knative_mapping", "knative_mapping_deferrable"])
+def test_knative_list_result_feeds_expand_and_expand_kwargs(dag_id, runtime, capfd) -> None:
+    run = run_dag(dag_id, module="knative_mapping")
+    _check(run) if str(run.state) == "success" else pytest.fail(capfd.readouterr().out[-5000:])
+
+
+def test_plain_task_list_result_feeds_expand_under_the_backend(airflow_home, capfd) -> None:
+    run = run_dag("plain_mapping", module="knative_mapping")
+    _check(run) if str(run.state) == "success" else pytest.fail(capfd.readouterr().out[-5000:])
