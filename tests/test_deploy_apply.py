@@ -261,3 +261,39 @@ def test_fake_api_validates_bodies_like_a_structural_schema(api: FakeKnativeApi,
     assert validation_errors(bad)
     with pytest.raises(ClusterError, match=r"answered 422: .*containerConcurrency"):
         services.create(bad)
+
+
+def test_user_annotations_and_pull_secrets_are_removed_when_dropped_but_others_stay(
+    api: FakeKnativeApi, kubeconfig: Path, tmp_path: Path
+) -> None:
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text(
+        yaml.safe_dump(
+            {
+                "services": {
+                    "avg-worker": {
+                        "annotations": {"team.example.com/owner": "ml"},
+                        "service_annotations": {"example.com/cost-center": "42"},
+                        "image_pull_secrets": ["registry-creds"],
+                    }
+                }
+            }
+        )
+    )
+    assert deploy(kubeconfig, "--defaults", str(defaults))[0] == 0
+    key = ("default", "avg-worker")
+    # another tool annotates the live Service and its template; those are not ours to remove
+    api.objects[key]["metadata"]["annotations"]["other-tool.example.com/seen"] = "yes"
+    api.objects[key]["spec"]["template"]["metadata"]["annotations"]["other-tool.example.com/x"] = "1"
+
+    code, out, err = deploy(kubeconfig)
+    assert code == 0, err
+    assert "spec.template.metadata.annotations.team.example.com/owner: ml -> <unset>" in out
+    assert "metadata.annotations.example.com/cost-center: 42 -> <unset>" in out
+    live = api.objects[key]
+    assert "team.example.com/owner" not in live["spec"]["template"]["metadata"]["annotations"]
+    assert "example.com/cost-center" not in live["metadata"]["annotations"]
+    assert "airflow-provider-knative/template-annotation-keys" not in live["metadata"]["annotations"]
+    assert "imagePullSecrets" not in live["spec"]["template"]["spec"]
+    assert live["metadata"]["annotations"]["other-tool.example.com/seen"] == "yes"
+    assert live["spec"]["template"]["metadata"]["annotations"]["other-tool.example.com/x"] == "1"

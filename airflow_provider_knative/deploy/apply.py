@@ -19,18 +19,21 @@ from airflow_provider_knative.deploy.manifests import (
     AUTOSCALING_PREFIX,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    SERVICE_ANNOTATION_KEYS,
+    TEMPLATE_ANNOTATION_KEYS,
     VISIBILITY_LABEL,
 )
 from airflow_provider_knative.errors import ClusterError, ServiceNotFound
 from airflow_provider_knative.knative.api import KnativeServices
 
-_MANAGED_MAPS = [
-    ("metadata", "labels"),
-    ("metadata", "annotations"),
-    ("spec", "template", "metadata", "labels"),
-    ("spec", "template", "metadata", "annotations"),
+#: maps we write into, each with the annotation (if any) recording which user keys we put there
+_MANAGED_MAPS: list[tuple[tuple[str, ...], str | None]] = [
+    (("metadata", "labels"), None),
+    (("metadata", "annotations"), SERVICE_ANNOTATION_KEYS),
+    (("spec", "template", "metadata", "labels"), None),
+    (("spec", "template", "metadata", "annotations"), TEMPLATE_ANNOTATION_KEYS),
 ]
-_MANAGED_POD_FIELDS = ("serviceAccountName",)
+_MANAGED_POD_FIELDS = ("serviceAccountName", "imagePullSecrets", "volumes")
 _UNSET = "<unset>"
 
 
@@ -58,10 +61,12 @@ def _set(obj: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def merge_patch(live: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
     """The merge patch turning ``live`` into ``desired`` for every field we manage."""
     patch = {"metadata": copy.deepcopy(desired["metadata"]), "spec": copy.deepcopy(desired["spec"])}
-    for path in _MANAGED_MAPS:
+    live_annotations = _get(live, ("metadata", "annotations")) or {}
+    for path, record in _MANAGED_MAPS:
         wanted = _get(desired, path) or {}
+        ours_before = set(filter(None, (live_annotations.get(record) or "").split(","))) if record else set()
         for key in _get(live, path) or {}:
-            if _managed_key(key) and key not in wanted:
+            if (_managed_key(key) or key in ours_before) and key not in wanted:
                 _set(patch, (*path, key), None)
     pod_path = ("spec", "template", "spec")
     for key in _MANAGED_POD_FIELDS:
