@@ -175,7 +175,7 @@ def test_output_folder_holds_one_file_per_service(tmp_path: Path) -> None:
             str(DEPLOY_DAGS / "basic"),
             "--image",
             "r/d:1",
-            "-o",
+            "--output-dir",
             str(tmp_path / "out"),
         ]
     )
@@ -187,6 +187,26 @@ def test_output_folder_holds_one_file_per_service(tmp_path: Path) -> None:
     )
     doc = yaml.safe_load((tmp_path / "out" / "default.avg-worker.yaml").read_text())
     assert doc["kind"] == "Service" and validation_errors(doc) == []
+
+
+def test_json_output_is_one_list_and_matches_the_yaml(tmp_path: Path) -> None:
+    import json
+
+    base = ["manifests", "--dags-folder", str(DEPLOY_DAGS / "basic"), "--image", "r/d:1"]
+    code, out, err = run_deploy_cli([*base, "-o", "json"])
+    assert code == 0, err
+    listed = json.loads(out)  # stdout holds only the document
+    assert listed["apiVersion"] == "v1" and listed["kind"] == "List"
+    code, yaml_out, _ = run_deploy_cli(base)
+    assert listed["items"] == [d for d in yaml.safe_load_all(yaml_out) if d]
+
+    code, _, err = run_deploy_cli([*base, "-o", "json", "--output-dir", str(tmp_path)])
+    assert code == 0, err
+    doc = json.loads((tmp_path / "default.avg-worker.json").read_text())
+    assert doc["items"][0]["metadata"]["name"] == "avg-worker"
+
+    with pytest.raises(SystemExit):  # argparse refuses other formats
+        run_deploy_cli([*base, "-o", "xml"])
 
 
 def test_defaults_file_layers_under_task_settings(tmp_path: Path) -> None:
@@ -358,7 +378,7 @@ def test_console_script_writes_clean_yaml_to_stdout() -> None:
             "--image",
             "reg.example/dags:1",
             "-o",
-            "-",
+            "yaml",
         ],
         capture_output=True,
         text=True,

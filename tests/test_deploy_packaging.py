@@ -150,22 +150,39 @@ def test_helm_values_wire_the_backend_store_and_secrets() -> None:
         assert key in KNOWN_ENV and f"--from-literal={key}=" in text  # documented Secret layout
 
 
-def test_rbac_lets_scheduler_workers_triggerer_read_knative_services() -> None:
+#: values the chart deprecated (release notes of chart 1.20 and 1.21: moved under
+#: workers.celery / workers.kubernetes); using one keeps working today and breaks later
+DEPRECATED_CHART_KEYS = [
+    ("workers", "serviceAccount"),
+    ("workers", "safeToEvict"),
+    ("workers", "hostAliases"),
+    ("workers", "priorityClassName"),
+    ("workers", "runtimeClassName"),
+    ("workers", "schedulerName"),
+    ("workers", "extraContainers"),
+    ("workers", "extraInitContainers"),
+    ("workers", "extraVolumes"),
+    ("workers", "command"),
+    ("workers", "securityContexts"),
+    ("workers", "containerLifecycleHooks"),
+    ("workers", "kerberosSidecar"),
+    ("workers", "kerberosInitContainer"),
+    ("workers", "terminationGracePeriodSeconds"),
+    ("workers", "nodeSelector"),
+    ("securityContext",),
+]
+
+
+def test_helm_values_use_no_deprecated_chart_keys() -> None:
     values = yaml.safe_load((REPO / "values.yaml").read_text())
-    docs = [d for d in yaml.safe_load_all((REPO / "deploy" / "rbac.yaml").read_text()) if d]
-    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
-    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
-    role = roles[binding["roleRef"]["name"]]
-    assert (
-        role["metadata"]["namespace"]
-        == values["config"]["knative"]["namespace"]
-        == binding["metadata"]["namespace"]
-    )
-    (rule,) = role["rules"]
-    assert rule["apiGroups"] == ["serving.knative.dev"] and rule["resources"] == ["services"]
-    assert set(rule["verbs"]) == {"get", "list", "watch"}
-    bound = {s["name"] for s in binding["subjects"] if s["kind"] == "ServiceAccount"}
-    for component in ("scheduler", "workers", "triggerer"):
-        assert values[component]["serviceAccount"]["name"] in bound, component
-    deployer = roles["airflow-knative-deployer"]["rules"][0]
-    assert {"get", "list", "create", "patch"} <= set(deployer["verbs"])
+    used = []
+    for path in DEPRECATED_CHART_KEYS:
+        node: Any = values
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            used.append(".".join(path))
+    assert not used, f"values.yaml uses deprecated chart keys: {used}"
+    for executor in ("celery", "kubernetes"):  # the replacements are there, with fixed names
+        account = values["workers"][executor]["serviceAccount"]
+        assert account["create"] is True and account["name"]
