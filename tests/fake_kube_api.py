@@ -114,7 +114,7 @@ def _status(code: int, reason: str, message: str, details: dict[str, Any] | None
 
 
 class FakeKnativeApi:
-    """The server. ``start()``/``stop()``; ``write_kubeconfig(path)`` points a client at it."""
+    """The server. ``start()``/``stop()`` or ``with``; ``write_kubeconfig(path)`` points a client at it."""
 
     def __init__(self, ready_delay: float = 0.3) -> None:
         self.ready_delay = ready_delay
@@ -159,6 +159,12 @@ class FakeKnativeApi:
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeKnativeApi:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     @property
     def url(self) -> str:

@@ -24,11 +24,8 @@ LONG = service_name("feature-engineering-for-the-quarterly-revenue-forecast-mode
 
 @pytest.fixture
 def api() -> Iterator[FakeKnativeApi]:
-    server = FakeKnativeApi(ready_delay=0.4).start()
-    try:
+    with FakeKnativeApi(ready_delay=0.4) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -138,11 +138,8 @@ def test_bindings_point_at_the_roles_and_the_values_service_accounts() -> None:
 
 @pytest.fixture
 def api() -> Iterator[FakeKnativeApi]:
-    server = FakeKnativeApi(ready_delay=0.05).start()
-    try:
+    with FakeKnativeApi(ready_delay=0.05) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _requested_verbs(requests: list[tuple[str, str, str]]) -> set[tuple[str, str]]:

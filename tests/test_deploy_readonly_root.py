@@ -13,13 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from runtime_process import MODULE_COMMAND, RuntimeProcess
-from servers import free_port
+from runtime_process import RuntimeProcess, start_runtime
 
 from airflow_provider_knative import codec, protocol
 
@@ -52,46 +50,14 @@ def read_only_runtime(tmp_path: Path, moto_server: str) -> Iterator[RuntimeProce
     (home / "logs").mkdir(parents=True)
     scratch = tmp_path / "tmp"  # the emptyDir
     scratch.mkdir()
-    port = free_port()
     env = {
-        **os.environ,
         "AIRFLOW_HOME": str(home),
         "TMPDIR": str(scratch),
         "AIRFLOW__KNATIVE__S3_ENDPOINT_URL": moto_server,
-        "PYTHONUNBUFFERED": "1",
     }
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # Python tries to write bytecode: that must not hurt
-    fd, log_name = tempfile.mkstemp(prefix="knative-runtime-ro-", suffix=".log")
-    with os.fdopen(fd, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                _READ_ONLY,
-                "sh",
-                *MODULE_COMMAND,
-                "--dags-folder",
-                str(BASIC),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-    runtime = RuntimeProcess(proc, port, Path(log_name))
-    try:
-        runtime.wait_for("/readyz", timeout=60)
+    wrapper = ["unshare", "-m", "--propagation", "private", "sh", "-c", _READ_ONLY, "sh"]
+    with start_runtime(BASIC, env=env, timeout=60, wrapper=wrapper) as runtime:
         yield runtime
-    finally:
-        runtime.stop()
 
 
 def test_the_runtime_serves_calls_on_a_read_only_root_filesystem(
