@@ -532,3 +532,17 @@ def test_tasks_disagreeing_on_newer_settings_are_named() -> None:
     # equal values agree, and a variable only one task sets is no conflict
     assert "annotations.autoscaling.knative.dev/metric" not in err
     assert "env.DB_PASSWORD" not in err and "env.EXTRA" not in err
+
+
+def test_no_signing_secret_warns_that_the_runtime_will_not_start(tmp_path: Path) -> None:
+    base = ["manifests", "--dags-folder", str(DEPLOY_DAGS / "basic"), "--image", "r/d:1"]
+    code, out, err = run_deploy_cli([*base, "--signing-secret", ""])
+    assert code == 0
+    assert "warning: default/avg-worker: no --signing-secret, so its runtime refuses to start" in err
+    assert "AIRFLOW__KNATIVE__SIGNING_SECRET" not in out
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text("defaults:\n  env: {AIRFLOW__KNATIVE__ALLOW_UNSIGNED: 'true'}\n")
+    code, _, err = run_deploy_cli([*base, "--signing-secret", "", "--defaults", str(defaults)])
+    assert code == 0 and "no --signing-secret" not in err
+    code, _, err = run_deploy_cli(base)
+    assert "no --signing-secret" not in err

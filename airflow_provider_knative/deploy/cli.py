@@ -186,7 +186,24 @@ def _build(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     for spec in collection.services:
         print(f"service {spec.namespace}/{spec.name}: {', '.join(spec.tasks)}", file=sys.stderr)
+    if not options.signing_secret:
+        _unsigned_warnings(collection.services)
     return [service_manifest(spec, options) for spec in collection.services]
+
+
+def _unsigned_warnings(specs: list[Any]) -> None:
+    """Without a signing secret the runtime refuses to listen beyond loopback (as in a pod)."""
+    from airflow_provider_knative import config
+
+    allow = config.OPTIONS["allow_unsigned"].env_var
+    for spec in specs:
+        if allow not in spec.settings.get("env", {}):
+            print(
+                f"warning: {spec.namespace}/{spec.name}: no --signing-secret, so its runtime refuses to "
+                f"start on the pod's address; pass a Secret, or set env {allow}=true for it (anyone "
+                "who reaches the Service can then run its functions)",
+                file=sys.stderr,
+            )
 
 
 def _timeout_warnings(manifests: list[dict[str, Any]]) -> None:
