@@ -155,6 +155,11 @@ class ServiceNotFound(ClusterError, LookupError):
     """The Knative Service does not exist (HTTP 404 with a Status object)."""
 
 
+class NotManaged(ClusterError):
+    """A Knative Service of that name exists but airflow-knative did not create it: it is
+    never replaced or deleted (its name clashes with a service in the DAGs)."""
+
+
 class CollectError(KnativeError):
     """The DAG folder cannot be turned into Knative Services (import errors, conflicts)."""
 

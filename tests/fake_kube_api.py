@@ -7,8 +7,10 @@ and answers like the API server and Knative's controller would:
 
 - ``GET /apis/serving.knative.dev/v1/services`` and ``.../namespaces/{ns}/services`` (list,
   with ``labelSelector`` equality terms), ``GET .../services/{name}``, ``POST`` create,
-  ``PATCH`` with ``application/merge-patch+json`` (RFC 7386); ``dryRun=All`` persists nothing;
-- errors as ``Status`` objects: 404 NotFound, 409 AlreadyExists, 422 Invalid (the body is
+  ``PATCH`` with ``application/merge-patch+json`` (RFC 7386), ``DELETE`` (with a
+  ``preconditions.uid`` in the DeleteOptions body honoured); ``dryRun=All`` persists nothing;
+- errors as ``Status`` objects: 404 NotFound, 409 AlreadyExists or Conflict (a failed
+  precondition), 422 Invalid (the body is
   validated against the Knative CRD's openAPIV3Schema, unknown fields rejected), 415 for
   other patch types, 401 without the bearer token; unknown API paths get a plain 404;
 - ``metadata.generation`` bumps only when ``spec`` changes; ``status`` is what Knative would
@@ -112,7 +114,7 @@ def _status(code: int, reason: str, message: str, details: dict[str, Any] | None
 
 
 class FakeKnativeApi:
-    """The server. ``start()``/``stop()``; ``write_kubeconfig(path)`` points a client at it."""
+    """The server. ``start()``/``stop()`` or ``with``; ``write_kubeconfig(path)`` points a client at it."""
 
     def __init__(self, ready_delay: float = 0.3) -> None:
         self.ready_delay = ready_delay
@@ -143,6 +145,9 @@ class FakeKnativeApi:
             def do_PATCH(self) -> None:
                 api._handle(self, "PATCH")
 
+            def do_DELETE(self) -> None:
+                api._handle(self, "DELETE")
+
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -154,6 +159,12 @@ class FakeKnativeApi:
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeKnativeApi:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     @property
     def url(self) -> str:
@@ -264,6 +275,8 @@ class FakeKnativeApi:
                     f"the body of the request was in an unknown format: {content_type}",
                 )
             return self._patch(key, body, dry_run)
+        if method == "DELETE" and name is not None:
+            return self._delete(key, body, dry_run)
         return 405, _status(405, "MethodNotAllowed", "the server does not allow this method")
 
     def _not_found(self, name: str) -> dict[str, Any]:
@@ -341,6 +354,24 @@ class FakeKnativeApi:
             if updated["metadata"]["generation"] != current["metadata"]["generation"]:
                 self.changed_at[key] = time.monotonic()
         return 200, self._with_status(key)
+
+    def _delete(self, key: tuple[str, str], options: Any, dry_run: bool) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            if key not in self.objects:
+                return 404, self._not_found(key[1])
+            obj = self.objects[key]
+            wanted_uid = ((options or {}).get("preconditions") or {}).get("uid")
+            if wanted_uid and wanted_uid != obj["metadata"].get("uid"):
+                return 409, _status(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on services.serving.knative.dev "{key[1]}": Precondition '
+                    f"failed: UID in precondition: {wanted_uid}, UID in object meta: {obj['metadata'].get('uid')}",
+                )
+            if not dry_run:
+                del self.objects[key]
+                self.changed_at.pop(key, None)
+        return 200, obj
 
     def _send(
         self, request: BaseHTTPRequestHandler, code: int, body: Any, content_type: str = "application/json"

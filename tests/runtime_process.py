@@ -9,7 +9,7 @@ Stable API, imported by the runtime, operator and end-to-end tests::
     # leaving the block sends SIGTERM and waits for the process to exit
 
 ``start_runtime(dags_folder, env=None, port=None, *, wait_ready=True, timeout=30.0,
-console_script=False)``
+console_script=False, wrapper=())``
 returns a :class:`RuntimeProcess` (``.url``, ``.port``, ``.proc``, ``.output()``,
 ``.stop()``, ``.terminate()``, ``.wait_for(path)``, and the conveniences ``.functions()``
 and ``.invoke(function_id, *args, **kwargs)``) that is also a context manager. It binds 127.0.0.1 on a free port (or
@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -165,12 +165,15 @@ def start_runtime(
     wait_ready: bool = True,
     timeout: float = 30.0,
     console_script: bool = False,
+    wrapper: Sequence[str] = (),
 ) -> RuntimeProcess:
     """Start ``serve --dags-folder DIR --host 127.0.0.1 --port P`` and wait for it.
 
     By default through ``python -m airflow_provider_knative.runtime serve`` (the same
     ``serve`` subcommand, without importing the other subsystems' CLI modules); with
-    ``console_script=True`` through the installed ``airflow-knative serve``.
+    ``console_script=True`` through the installed ``airflow-knative serve``. ``wrapper`` is a
+    command that execs the runtime's command line given as its last arguments (for example
+    one that changes the process's mount namespace first).
     """
     port = port or free_port()
     full_env = {**os.environ, **(env or {})}
@@ -180,6 +183,7 @@ def start_runtime(
     with os.fdopen(fd, "wb") as log:
         proc = subprocess.Popen(
             [
+                *wrapper,
                 *(CONSOLE_SCRIPT if console_script else MODULE_COMMAND),
                 "--dags-folder",
                 str(dags_folder),

@@ -10,8 +10,14 @@ from typing import Any
 import pytest
 import yaml
 from fake_kube_api import run_deploy_cli, validation_errors
+from pod_security import restricted_violations
 
-from airflow_provider_knative.deploy.settings import SettingsError, check_combination, check_settings
+from airflow_provider_knative.deploy.settings import (
+    SETTINGS,
+    SettingsError,
+    check_combination,
+    check_settings,
+)
 from airflow_provider_knative.knative.names import InvalidServiceName, service_name
 
 HERE = Path(__file__).resolve().parent
@@ -169,7 +175,7 @@ def test_output_folder_holds_one_file_per_service(tmp_path: Path) -> None:
             str(DEPLOY_DAGS / "basic"),
             "--image",
             "r/d:1",
-            "-o",
+            "--output-dir",
             str(tmp_path / "out"),
         ]
     )
@@ -181,6 +187,26 @@ def test_output_folder_holds_one_file_per_service(tmp_path: Path) -> None:
     )
     doc = yaml.safe_load((tmp_path / "out" / "default.avg-worker.yaml").read_text())
     assert doc["kind"] == "Service" and validation_errors(doc) == []
+
+
+def test_json_output_is_one_list_and_matches_the_yaml(tmp_path: Path) -> None:
+    import json
+
+    base = ["manifests", "--dags-folder", str(DEPLOY_DAGS / "basic"), "--image", "r/d:1"]
+    code, out, err = run_deploy_cli([*base, "-o", "json"])
+    assert code == 0, err
+    listed = json.loads(out)  # stdout holds only the document
+    assert listed["apiVersion"] == "v1" and listed["kind"] == "List"
+    code, yaml_out, _ = run_deploy_cli(base)
+    assert listed["items"] == [d for d in yaml.safe_load_all(yaml_out) if d]
+
+    code, _, err = run_deploy_cli([*base, "-o", "json", "--output-dir", str(tmp_path)])
+    assert code == 0, err
+    doc = json.loads((tmp_path / "default.avg-worker.json").read_text())
+    assert doc["items"][0]["metadata"]["name"] == "avg-worker"
+
+    with pytest.raises(SystemExit):  # argparse refuses other formats
+        run_deploy_cli([*base, "-o", "xml"])
 
 
 def test_defaults_file_layers_under_task_settings(tmp_path: Path) -> None:
@@ -258,7 +284,8 @@ def test_unknown_setting_lists_the_valid_ones() -> None:
     )
     assert code == 1
     assert "deploy_unknown_setting.typo: unknown service setting 'min_scael'" in err
-    assert "valid settings are: container_concurrency, cpu," in err
+    assert "valid settings are: " + ", ".join(sorted(SETTINGS)) in err
+    assert {"annotations", "env_from", "gpu", "image_pull_secrets", "service_annotations"} <= set(SETTINGS)
 
 
 def test_missing_dag_folder_is_one_clear_error(tmp_path: Path) -> None:
@@ -289,6 +316,22 @@ def test_folder_without_knative_tasks_is_an_error(tmp_path: Path) -> None:
         ({"env": {"1BAD": "x"}}, "not a valid environment variable name"),
         ({"visibility": "public"}, "'cluster-local', 'external'"),
         ({"service_account": "Bad_Name"}, "Kubernetes object name"),
+        ({"gpu": 0}, "between 1 and 64"),
+        ({"gpu_resource": "gpu"}, "extended resource with a vendor domain"),
+        ({"gpu_resource": "kubernetes.io/gpu"}, "extended resource with a vendor domain"),
+        ({"annotations": {"bad key!": "x"}}, "not a valid Kubernetes key"),
+        ({"annotations": {"autoscaling.knative.dev/min-scale": "2"}}, "comes from the 'min_scale' setting"),
+        ({"service_annotations": {"airflow-provider-knative/service": "x"}}, "written by airflow-knative"),
+        ({"annotations": {"a.io/b": ["x"]}}, "must be a string"),
+        ({"image_pull_secrets": ["Registry"]}, "Kubernetes object name"),
+        ({"image_pull_secrets": ["r", "r"]}, "twice"),
+        ({"env": {"PW": {"secret": "db"}}}, "reference {secret: NAME, key: KEY}"),
+        ({"env": {"PW": {"secret": "db", "config_map": "c", "key": "k"}}}, "reference"),
+        ({"env": {"PW": {"secret": "DB", "key": "k"}}}, "PW: must be a Kubernetes object name"),
+        ({"env_from": {"secret": "db"}}, "must be a list"),
+        ({"env_from": [{"secrets": "db"}]}, "entries must be {secret: NAME} or {config_map: NAME}"),
+        ({"env_from": [{"secret": "db", "prefix": "1X"}]}, "not a valid start of a variable name"),
+        ({"read_only_root_filesystem": "no"}, "true or false"),
     ],
 )
 def test_setting_values_are_checked(settings: dict[str, Any], message: str) -> None:
@@ -304,6 +347,7 @@ def test_setting_values_are_checked(settings: dict[str, Any], message: str) -> N
         ({"target": 20, "container_concurrency": 10}, "target 20 is above container_concurrency 10"),
         ({"memory": "2Gi", "memory_limit": "1Gi"}, "memory 2Gi is above memory_limit 1Gi"),
         ({"cpu": "1500m", "cpu_limit": "1"}, "cpu 1500m is above cpu_limit 1"),
+        ({"gpu_resource": "amd.com/gpu"}, "gpu_resource amd.com/gpu is set but gpu"),
     ],
 )
 def test_settings_that_contradict_each_other(settings: dict[str, Any], message: str) -> None:
@@ -334,7 +378,7 @@ def test_console_script_writes_clean_yaml_to_stdout() -> None:
             "--image",
             "reg.example/dags:1",
             "-o",
-            "-",
+            "yaml",
         ],
         capture_output=True,
         text=True,
@@ -346,3 +390,159 @@ def test_console_script_writes_clean_yaml_to_stdout() -> None:
         ["avg-worker", "etl-runtime", service_name(LONG)]
     )
     assert "service default/avg-worker" in proc.stderr
+
+
+# ---------------------------------------------------------------------------- security context
+
+
+def _template(manifest: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    template = manifest["spec"]["template"]
+    return template["spec"], template["metadata"].get("annotations", {})
+
+
+def test_every_generated_service_passes_pod_security_restricted(basic: Any) -> None:
+    for name, manifest in basic[0].items():
+        pod, annotations = _template(manifest)
+        assert restricted_violations(pod, annotations) == [], name
+        assert validation_errors(manifest) == [], name
+        (container,) = pod["containers"]
+        # container level: Knative only admits a pod-level securityContext behind a feature flag
+        assert "securityContext" not in pod
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+        assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}]
+
+
+def test_pod_security_checks_refuse_what_the_restricted_profile_refuses(basic: Any) -> None:
+    """The checker fails on a container without the securityContext (as a cluster would)."""
+    pod = yaml.safe_load(yaml.safe_dump(_template(basic[0]["avg-worker"])[0]))
+    del pod["containers"][0]["securityContext"]
+    found = "\n".join(restricted_violations(pod))
+    for control in ("Privilege Escalation", "Running as Non-root:", "Seccomp", "Capabilities"):
+        assert control in found, control
+    pod["containers"][0]["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": 0,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]},
+        "seccompProfile": {"type": "Unconfined"},
+        "privileged": True,
+    }
+    pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    pod["hostNetwork"] = True
+    found = "\n".join(restricted_violations(pod))
+    for control in (
+        "Running as Non-root user",
+        "Privileged Containers",
+        "Seccomp: spec.containers[0].securityContext.seccompProfile.type must not be Unconfined",
+        "may add only NET_BIND_SERVICE",
+        "HostPath Volumes",
+        "Volume Types",
+        "Host Namespaces",
+    ):
+        assert control in found, control
+
+
+def test_read_only_root_filesystem_can_be_turned_off(tmp_path: Path) -> None:
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text(yaml.safe_dump({"services": {"avg-worker": {"read_only_root_filesystem": False}}}))
+    manifests = manifests_of(DEPLOY_DAGS / "basic", "--defaults", str(defaults))
+    assert _container(manifests["avg-worker"])["securityContext"]["readOnlyRootFilesystem"] is False
+    assert restricted_violations(_template(manifests["avg-worker"])[0]) == []  # not a PSS control
+    assert _container(manifests["etl-runtime"])["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+# ---------------------------------------------------------------------------- newer settings
+
+
+def test_annotations_pull_secrets_env_references_and_gpu(tmp_path: Path) -> None:
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text(
+        yaml.safe_dump(
+            {
+                "defaults": {"image_pull_secrets": ["registry-creds"]},
+                "services": {
+                    "avg-worker": {
+                        "annotations": {
+                            "autoscaling.knative.dev/metric": "rps",
+                            "team.example.com/owner": "ml",
+                        },
+                        "service_annotations": {"example.com/cost-center": 42},
+                        "env": {
+                            "DB_PASSWORD": {"secret": "db", "key": "password"},
+                            "REGION": {"config_map": "settings", "key": "region", "optional": True},
+                        },
+                        "env_from": [{"secret": "api-keys"}, {"config_map": "app", "prefix": "APP_"}],
+                        "gpu": 2,
+                    },
+                    "etl-runtime": {"gpu": 1, "gpu_resource": "amd.com/gpu"},
+                },
+            }
+        )
+    )
+    manifests = manifests_of(DEPLOY_DAGS / "basic", "--defaults", str(defaults))
+    avg, etl = manifests["avg-worker"], manifests["etl-runtime"]
+    for manifest in manifests.values():
+        assert validation_errors(manifest) == [], manifest["metadata"]["name"]
+        assert restricted_violations(_template(manifest)[0]) == []
+    template = avg["spec"]["template"]
+    assert template["metadata"]["annotations"] == {
+        "autoscaling.knative.dev/min-scale": "1",  # from the DAG's settings, beside the user's own
+        "autoscaling.knative.dev/max-scale": "5",
+        "autoscaling.knative.dev/target": "6",
+        "autoscaling.knative.dev/metric": "rps",
+        "team.example.com/owner": "ml",
+    }
+    meta = avg["metadata"]["annotations"]
+    assert meta["example.com/cost-center"] == "42"
+    assert meta["airflow-provider-knative/template-annotation-keys"] == (
+        "autoscaling.knative.dev/metric,team.example.com/owner"
+    )
+    assert meta["airflow-provider-knative/service-annotation-keys"] == "example.com/cost-center"
+    assert template["spec"]["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert etl["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "registry-creds"}]
+    env = _env(avg)
+    assert env["DB_PASSWORD"] == {"secretKeyRef": {"name": "db", "key": "password"}}
+    assert env["REGION"] == {"configMapKeyRef": {"name": "settings", "key": "region", "optional": True}}
+    assert env["LOG_FORMAT"] == "json"  # the task's plain variable is still there
+    assert _container(avg)["envFrom"] == [
+        {"secretRef": {"name": "airflow-knative-store"}},
+        {"secretRef": {"name": "api-keys"}},
+        {"configMapRef": {"name": "app"}, "prefix": "APP_"},
+    ]
+    assert _container(avg)["resources"]["limits"] == {"memory": "512Mi", "nvidia.com/gpu": "2"}
+    assert _container(etl)["resources"]["limits"] == {"memory": "512Mi", "amd.com/gpu": "1"}
+    secret_vars = [e for e in _container(avg)["env"] if e["name"] in ("DB_PASSWORD", "REGION")]
+    assert all("value" not in e for e in secret_vars)  # references only, never a value
+
+
+def test_tasks_disagreeing_on_newer_settings_are_named() -> None:
+    code, out, err = run_deploy_cli(
+        ["manifests", "--dags-folder", str(DEPLOY_DAGS / "conflict_more"), "--image", "r/d:1"]
+    )
+    assert code == 1 and out == ""
+    first, second = "deploy_conflict_more.score", "deploy_conflict_more.train"
+    assert f"conflicting setting gpu: {first} sets 2 but {second} sets 1" in err
+    assert (
+        f"conflicting setting annotations.team.example.com/owner: {first} sets 'data' but {second} sets 'ml'"
+        in err
+    )
+    assert f"conflicting setting image_pull_secrets: {first} sets ['registry-a']" not in err
+    assert f"{first} sets ['registry-b'] but {second} sets ['registry-a']" in err
+    # equal values agree, and a variable only one task sets is no conflict
+    assert "annotations.autoscaling.knative.dev/metric" not in err
+    assert "env.DB_PASSWORD" not in err and "env.EXTRA" not in err
+
+
+def test_no_signing_secret_warns_that_the_runtime_will_not_start(tmp_path: Path) -> None:
+    base = ["manifests", "--dags-folder", str(DEPLOY_DAGS / "basic"), "--image", "r/d:1"]
+    code, out, err = run_deploy_cli([*base, "--signing-secret", ""])
+    assert code == 0
+    assert "warning: default/avg-worker: no --signing-secret, so its runtime refuses to start" in err
+    assert "AIRFLOW__KNATIVE__SIGNING_SECRET" not in out
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text("defaults:\n  env: {AIRFLOW__KNATIVE__ALLOW_UNSIGNED: 'true'}\n")
+    code, _, err = run_deploy_cli([*base, "--signing-secret", "", "--defaults", str(defaults)])
+    assert code == 0 and "no --signing-secret" not in err
+    code, _, err = run_deploy_cli(base)
+    assert "no --signing-secret" not in err

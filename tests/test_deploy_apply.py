@@ -24,11 +24,8 @@ LONG = service_name("feature-engineering-for-the-quarterly-revenue-forecast-mode
 
 @pytest.fixture
 def api() -> Iterator[FakeKnativeApi]:
-    server = FakeKnativeApi(ready_delay=0.4).start()
-    try:
+    with FakeKnativeApi(ready_delay=0.4) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -261,3 +258,187 @@ def test_fake_api_validates_bodies_like_a_structural_schema(api: FakeKnativeApi,
     assert validation_errors(bad)
     with pytest.raises(ClusterError, match=r"answered 422: .*containerConcurrency"):
         services.create(bad)
+
+
+def test_user_annotations_and_pull_secrets_are_removed_when_dropped_but_others_stay(
+    api: FakeKnativeApi, kubeconfig: Path, tmp_path: Path
+) -> None:
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text(
+        yaml.safe_dump(
+            {
+                "services": {
+                    "avg-worker": {
+                        "annotations": {"team.example.com/owner": "ml"},
+                        "service_annotations": {"example.com/cost-center": "42"},
+                        "image_pull_secrets": ["registry-creds"],
+                    }
+                }
+            }
+        )
+    )
+    assert deploy(kubeconfig, "--defaults", str(defaults))[0] == 0
+    key = ("default", "avg-worker")
+    # another tool annotates the live Service and its template; those are not ours to remove
+    api.objects[key]["metadata"]["annotations"]["other-tool.example.com/seen"] = "yes"
+    api.objects[key]["spec"]["template"]["metadata"]["annotations"]["other-tool.example.com/x"] = "1"
+
+    code, out, err = deploy(kubeconfig)
+    assert code == 0, err
+    assert "spec.template.metadata.annotations.team.example.com/owner: ml -> <unset>" in out
+    assert "metadata.annotations.example.com/cost-center: 42 -> <unset>" in out
+    live = api.objects[key]
+    assert "team.example.com/owner" not in live["spec"]["template"]["metadata"]["annotations"]
+    assert "example.com/cost-center" not in live["metadata"]["annotations"]
+    assert "airflow-provider-knative/template-annotation-keys" not in live["metadata"]["annotations"]
+    assert "imagePullSecrets" not in live["spec"]["template"]["spec"]
+    assert live["metadata"]["annotations"]["other-tool.example.com/seen"] == "yes"
+    assert live["spec"]["template"]["metadata"]["annotations"]["other-tool.example.com/x"] == "1"
+
+
+def test_no_wait_applies_and_returns_without_waiting(api: FakeKnativeApi, kubeconfig: Path) -> None:
+    api.ready_delay = 60
+    start = time.monotonic()
+    code, out, err = deploy(kubeconfig, "--no-wait")
+    assert code == 0, err
+    assert time.monotonic() - start < 30
+    assert "default/avg-worker: created" in out and "3 service(s) applied; not waiting for Ready" in out
+    assert "waiting (Ready" not in out
+    assert len(api.objects) == 3
+
+
+def test_status_json_and_yaml_are_machine_readable(api: FakeKnativeApi, kubeconfig: Path) -> None:
+    import json
+
+    api.failures["etl-runtime"] = ("RevisionFailed", "container exited with code 1")
+    deploy(kubeconfig)
+    code, out, _ = run_deploy_cli(["status", "--kubeconfig", str(kubeconfig), "-o", "json"])
+    assert code == 0
+    data = json.loads(out)
+    assert data["namespace"] == "default"
+    by_name = {r["name"]: r for r in data["items"]}
+    assert set(by_name) == {"avg-worker", "etl-runtime"}
+    avg = by_name["avg-worker"]
+    assert avg["ready"] == "True" and avg["state"] == "ready"
+    assert avg["url"] == avg["address"] == "http://avg-worker.default.svc.cluster.local"
+    assert avg["latestReadyRevision"] == "avg-worker-00001" and avg["generation"] == 1
+    assert avg["tasks"] == ["deploy_compute.double", "deploy_compute.extract", "deploy_compute.total"]
+    assert avg["dags"] == ["deploy_compute"]
+    etl = by_name["etl-runtime"]
+    assert (etl["state"], etl["reason"], etl["message"]) == (
+        "failed",
+        "RevisionFailed",
+        "container exited with code 1",
+    )
+
+    code, out, _ = run_deploy_cli(["status", "--kubeconfig", str(kubeconfig), "-A", "-o", "yaml"])
+    data = yaml.safe_load(out)
+    assert data["namespace"] is None and {r["namespace"] for r in data["items"]} == {"default", "ml"}
+    assert {r["service"] for r in data["items"] if r["namespace"] == "ml"} == {
+        "feature-engineering-for-the-quarterly-revenue-forecast-model-training"
+    }
+    code, out, _ = run_deploy_cli(["status", "--kubeconfig", str(kubeconfig), "-n", "empty", "-o", "json"])
+    assert json.loads(out) == {"namespace": "empty", "items": []}
+
+
+def _foreign(name: str, namespace: str = "default") -> dict[str, object]:
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "generation": 1, "uid": "u-1", "labels": {}},
+        "spec": {"template": {"spec": {"containers": [{"image": "someone/else:1"}]}}},
+    }
+
+
+def test_delete_removes_managed_services_only(api: FakeKnativeApi, kubeconfig: Path) -> None:
+    assert deploy(kubeconfig)[0] == 0
+    api.objects[("default", "theirs")] = _foreign("theirs")
+    api.changed_at[("default", "theirs")] = 0.0
+    cluster = ["--kubeconfig", str(kubeconfig)]
+
+    code, out, err = run_deploy_cli(["delete", "avg-worker", "etl-runtime", *cluster, "--dry-run"])
+    assert code == 0, err
+    assert "default/avg-worker: would be deleted" in out and ("default", "avg-worker") in api.objects
+    assert any(m == "DELETE" and "dryRun=All" in p for m, p, _ in api.requests)  # checked server-side
+
+    code, out, err = run_deploy_cli(["delete", "avg-worker", "theirs", "missing", *cluster])
+    assert code == 1
+    assert "default/avg-worker: deleted" in out and ("default", "avg-worker") not in api.objects
+    assert (
+        "default/theirs exists but is not managed by airflow-knative" in err and "refusing to delete" in err
+    )
+    assert ("default", "theirs") in api.objects
+    assert "default/missing: not found" in err
+
+    long_name = "feature-engineering-for-the-quarterly-revenue-forecast-model-training"
+    code, out, err = run_deploy_cli(["delete", long_name, "-n", "ml", *cluster])  # the name in the DAG
+    assert code == 0, err
+    assert not [k for k in api.objects if k[0] == "ml"]
+
+    code, _, err = run_deploy_cli(["delete", "Bad_Name", *cluster])
+    assert code == 1 and "not a valid Knative Service name" in err
+
+
+def test_delete_does_not_remove_a_service_replaced_after_the_check(
+    api: FakeKnativeApi, kubeconfig: Path
+) -> None:
+    from airflow_provider_knative.deploy.apply import delete
+    from airflow_provider_knative.knative.api import ClusterError, KnativeServices
+
+    assert deploy(kubeconfig)[0] == 0
+    services = KnativeServices(str(kubeconfig))
+    checked = services.get("default", "avg-worker")
+    api.objects[("default", "avg-worker")]["metadata"]["uid"] = "recreated-by-someone-else"
+    with pytest.raises(ClusterError, match=r"changed meanwhile.*Precondition failed"):
+        delete(services, checked)
+    assert ("default", "avg-worker") in api.objects
+
+
+def test_prune_deletes_managed_services_whose_tasks_are_gone(
+    api: FakeKnativeApi, kubeconfig: Path, tmp_path: Path
+) -> None:
+    assert deploy(kubeconfig)[0] == 0
+    api.objects[("default", "theirs")] = _foreign("theirs")
+    api.changed_at[("default", "theirs")] = 0.0
+    # the DAG folder now only has the etl DAG: avg-worker (default) and the ml service are unused
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "etl.py").write_text((BASIC / "etl.py").read_text())
+    cluster = ["--kubeconfig", str(kubeconfig)]
+
+    code, out, err = run_deploy_cli(["prune", "--dags-folder", str(dags), *cluster, "--dry-run"])
+    assert code == 0, err
+    assert "default/avg-worker: would be deleted (its tasks are gone: deploy_compute.double," in out
+    assert "1 service(s) would be pruned; 1 still used by the DAGs" in out
+    assert ("default", "avg-worker") in api.objects
+
+    code, out, err = run_deploy_cli(["prune", "--dags-folder", str(dags), *cluster])
+    assert code == 0, err
+    assert "default/avg-worker: deleted" in out and "1 service(s) pruned" in out
+    assert ("ml", LONG) in api.objects  # no task names namespace ml any more: out of scope
+
+    # --namespace is the tasks' default namespace (as for deploy), and the namespace pruned
+    code, out, err = run_deploy_cli(["prune", "--dags-folder", str(dags), *cluster, "-n", "ml"])
+    assert code == 0, err
+    assert f"ml/{LONG}: deleted (its tasks are gone: deploy_compute.features)" in out
+    assert sorted(api.objects) == [("default", "etl-runtime"), ("default", "theirs")]  # never theirs
+
+
+def test_prune_prunes_nothing_when_the_dags_do_not_import(
+    api: FakeKnativeApi, kubeconfig: Path, tmp_path: Path
+) -> None:
+    assert deploy(kubeconfig)[0] == 0
+    broken = tmp_path / "dags"
+    broken.mkdir()
+    (broken / "etl.py").write_text((BASIC / "etl.py").read_text())
+    (broken / "compute.py").write_text("import module_that_does_not_exist_anywhere  # dag airflow\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, message in [(broken, "failed to import"), (empty, "no @task.knative or KnativeOperator")]:
+        api.requests.clear()
+        code, _, err = run_deploy_cli(
+            ["prune", "--dags-folder", str(folder), "--kubeconfig", str(kubeconfig)]
+        )
+        assert code == 1 and message in err and "nothing was pruned" in err
+        assert not api.requests  # the cluster was not even asked
+    assert len(api.objects) == 3

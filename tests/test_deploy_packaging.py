@@ -101,6 +101,20 @@ def test_xcom_backend_class_exists() -> None:
     assert hasattr(importlib.import_module(module), name)
 
 
+def _args(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    """ARG defaults of a Dockerfile."""
+    found = {}
+    for op, arg in instructions:
+        if op == "ARG" and "=" in arg:
+            key, _, value = arg.partition("=")
+            found[key.strip()] = value.strip().strip('"')
+    return found
+
+
+def _declared_extras() -> dict[str, list[str]]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
 def test_runtime_dockerfile_matches_the_manifest_and_the_knative_contract() -> None:
     instructions = _dockerfile("Dockerfile.runtime")
     base = next(arg for op, arg in instructions if op == "FROM")
@@ -108,18 +122,128 @@ def test_runtime_dockerfile_matches_the_manifest_and_the_knative_contract() -> N
     entrypoint = yaml.safe_load(next(arg for op, arg in instructions if op == "ENTRYPOINT"))
     container = _runtime_manifest()["spec"]["template"]["spec"]["containers"][0]
     assert entrypoint == container["command"] + container["args"]  # same command, same folder
-    user = next(arg for op, arg in instructions if op == "USER")
-    assert user not in ("root", "0")
+    user = next(arg for op, arg in reversed(instructions) if op == "USER")
+    assert user.isdigit() and user != "0"  # numeric: runAsNonRoot can only verify a numeric user
     assert any(op == "ENV" and "PORT=8080" in arg for op, arg in instructions)
     install = " ".join(arg for op, arg in instructions if op == "RUN" and "pip install" in arg)
-    extras = re.search(r"\[([\w,]+)\]", install)
-    assert extras is not None
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    declared = pyproject["project"]["optional-dependencies"]
-    assert set(extras.group(1).split(",")) == {"runtime", "data"} and {"runtime", "data"} <= set(declared)
-    assert any("uvicorn" in dep for dep in declared["runtime"])
+    assert '"/src[${EXTRAS}]"' in install
+    extras = _args(instructions)["EXTRAS"].split(",")
+    assert extras == ["runtime"] and set(extras) <= set(_declared_extras())  # data is opt-in
+    compose_extras = _compose()["services"]["knative-runtime"]["build"]["args"]["EXTRAS"].split(",")
+    assert set(compose_extras) <= set(_declared_extras())
     copied = [shlex.split(arg)[-1] for op, arg in instructions if op == "COPY"]
     assert "/opt/airflow/dags/" in copied
+
+
+def _runtime_imports() -> set[str]:
+    """Top-level modules the runtime's own code imports (the pod runs nothing else of ours
+    besides the data layer, which the base dependencies cover)."""
+    import ast
+
+    names = set()
+    for path in (REPO / "airflow_provider_knative" / "runtime").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_runtime_extra_holds_only_what_the_runtime_imports() -> None:
+    """Each distribution of the ``runtime`` extra provides a module the runtime imports."""
+    import importlib.metadata
+
+    provided: dict[str, set[str]] = {}
+    for module, dists in importlib.metadata.packages_distributions().items():
+        for dist in dists:
+            provided.setdefault(dist.lower().replace("_", "-"), set()).add(module)
+    imported = _runtime_imports()
+    for requirement in _declared_extras()["runtime"]:
+        dist = re.split(r"[<>=!~\[ ;]", requirement, maxsplit=1)[0].lower()
+        assert provided.get(dist, set()) & imported, (
+            f"{dist} is in the runtime extra but the runtime never imports it"
+        )
+    assert {"uvicorn", "airflow"} <= imported
+
+
+def test_compose_gives_the_runtime_its_drain_time_and_a_read_only_root() -> None:
+    runtime = _compose()["services"]["knative-runtime"]
+    drain = int(runtime["environment"]["AIRFLOW__KNATIVE__DRAIN_TIMEOUT_SECONDS"])
+    match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", str(runtime["stop_grace_period"]))
+    assert match and any(match.groups()), runtime["stop_grace_period"]
+    grace = int(match.group(1) or 0) * 60 + int(match.group(2) or 0)
+    assert drain + 5 <= grace <= drain + 60  # the drain finishes, then the process exits
+    container = _runtime_manifest()["spec"]["template"]["spec"]["containers"][0]
+    assert runtime["read_only"] is container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert runtime["tmpfs"] == [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"]
+
+
+def _dockerignore_patterns() -> list[str]:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    return [line.strip().lstrip("/") for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: a path is excluded when it or one of its parent folders matches a
+    pattern (``*`` and ``?`` stay within one path element, ``**`` spans any number)."""
+
+    def regex(pattern: str) -> re.Pattern[str]:
+        out, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                out, i = out + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                out, i = out + ".*", i + 2
+            elif pattern[i] == "*":
+                out, i = out + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                out, i = out + "[^/]", i + 1
+            elif pattern[i] == "[":
+                end = pattern.index("]", i)
+                out, i = out + pattern[i : end + 1], end + 1
+            else:
+                out, i = out + re.escape(pattern[i]), i + 1
+        return re.compile(out + r"\Z")
+
+    parts = path.split("/")
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    excluded = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        compiled = regex(pattern[1:] if negate else pattern)
+        if any(compiled.match(c) for c in candidates):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_keeps_the_context_small_and_the_copied_files_in() -> None:
+    patterns = _dockerignore_patterns()
+    for path in [
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".local-stack/postgres/data/base/1",
+        "airflow_provider_knative/__pycache__/codec.cpython-311.pyc",
+        "tests/__pycache__/conftest.cpython-311-pytest-8.pyc",
+        ".pytest_cache/v/cache/nodeids",
+        ".mypy_cache/3.11/codec.meta.json",
+        ".ruff_cache/0.5/123",
+        ".hypothesis/examples/1",
+        "bench/results/fanout.json",
+        "airflow_provider_knative.egg-info/PKG-INFO",
+        "dist/airflow_provider_knative-0.1.0.whl",
+        ".env",
+    ]:
+        assert _ignored(path, patterns), path
+    copied = ["pyproject.toml", "README.md", "airflow_provider_knative/__init__.py", "example_dags/fanout.py"]
+    copied += [str(p.relative_to(REPO)) for p in (REPO / "airflow_provider_knative").rglob("*.py")]
+    for name in ("Dockerfile.runtime", "Dockerfile.airflow"):
+        for op, arg in _dockerfile(name):
+            if op == "COPY":
+                sources = [a for a in shlex.split(arg)[:-1] if not a.startswith("--")]
+                copied += [s.replace("${DAGS}", "example_dags").rstrip("/") for s in sources]
+    for path in copied:
+        assert not _ignored(path, patterns), path
 
 
 def test_airflow_dockerfile_pins_airflow_3() -> None:
@@ -150,22 +274,39 @@ def test_helm_values_wire_the_backend_store_and_secrets() -> None:
         assert key in KNOWN_ENV and f"--from-literal={key}=" in text  # documented Secret layout
 
 
-def test_rbac_lets_scheduler_workers_triggerer_read_knative_services() -> None:
+#: values the chart deprecated (release notes of chart 1.20 and 1.21: moved under
+#: workers.celery / workers.kubernetes); using one keeps working today and breaks later
+DEPRECATED_CHART_KEYS = [
+    ("workers", "serviceAccount"),
+    ("workers", "safeToEvict"),
+    ("workers", "hostAliases"),
+    ("workers", "priorityClassName"),
+    ("workers", "runtimeClassName"),
+    ("workers", "schedulerName"),
+    ("workers", "extraContainers"),
+    ("workers", "extraInitContainers"),
+    ("workers", "extraVolumes"),
+    ("workers", "command"),
+    ("workers", "securityContexts"),
+    ("workers", "containerLifecycleHooks"),
+    ("workers", "kerberosSidecar"),
+    ("workers", "kerberosInitContainer"),
+    ("workers", "terminationGracePeriodSeconds"),
+    ("workers", "nodeSelector"),
+    ("securityContext",),
+]
+
+
+def test_helm_values_use_no_deprecated_chart_keys() -> None:
     values = yaml.safe_load((REPO / "values.yaml").read_text())
-    docs = [d for d in yaml.safe_load_all((REPO / "deploy" / "rbac.yaml").read_text()) if d]
-    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
-    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
-    role = roles[binding["roleRef"]["name"]]
-    assert (
-        role["metadata"]["namespace"]
-        == values["config"]["knative"]["namespace"]
-        == binding["metadata"]["namespace"]
-    )
-    (rule,) = role["rules"]
-    assert rule["apiGroups"] == ["serving.knative.dev"] and rule["resources"] == ["services"]
-    assert set(rule["verbs"]) == {"get", "list", "watch"}
-    bound = {s["name"] for s in binding["subjects"] if s["kind"] == "ServiceAccount"}
-    for component in ("scheduler", "workers", "triggerer"):
-        assert values[component]["serviceAccount"]["name"] in bound, component
-    deployer = roles["airflow-knative-deployer"]["rules"][0]
-    assert {"get", "list", "create", "patch"} <= set(deployer["verbs"])
+    used = []
+    for path in DEPRECATED_CHART_KEYS:
+        node: Any = values
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            used.append(".".join(path))
+    assert not used, f"values.yaml uses deprecated chart keys: {used}"
+    for executor in ("celery", "kubernetes"):  # the replacements are there, with fixed names
+        account = values["workers"][executor]["serviceAccount"]
+        assert account["create"] is True and account["name"]

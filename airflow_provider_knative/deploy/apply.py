@@ -17,20 +17,26 @@ from typing import Any, TextIO
 from airflow_provider_knative.deploy.manifests import (
     ANNOTATION_PREFIX,
     AUTOSCALING_PREFIX,
+    DAGS_ANNOTATION,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    SERVICE_ANNOTATION,
+    SERVICE_ANNOTATION_KEYS,
+    TASKS_ANNOTATION,
+    TEMPLATE_ANNOTATION_KEYS,
     VISIBILITY_LABEL,
 )
-from airflow_provider_knative.errors import ClusterError, ServiceNotFound
+from airflow_provider_knative.errors import NotManaged, ServiceNotFound
 from airflow_provider_knative.knative.api import KnativeServices
 
-_MANAGED_MAPS = [
-    ("metadata", "labels"),
-    ("metadata", "annotations"),
-    ("spec", "template", "metadata", "labels"),
-    ("spec", "template", "metadata", "annotations"),
+#: maps we write into, each with the annotation (if any) recording which user keys we put there
+_MANAGED_MAPS: list[tuple[tuple[str, ...], str | None]] = [
+    (("metadata", "labels"), None),
+    (("metadata", "annotations"), SERVICE_ANNOTATION_KEYS),
+    (("spec", "template", "metadata", "labels"), None),
+    (("spec", "template", "metadata", "annotations"), TEMPLATE_ANNOTATION_KEYS),
 ]
-_MANAGED_POD_FIELDS = ("serviceAccountName",)
+_MANAGED_POD_FIELDS = ("serviceAccountName", "imagePullSecrets", "volumes")
 _UNSET = "<unset>"
 
 
@@ -58,10 +64,12 @@ def _set(obj: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def merge_patch(live: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
     """The merge patch turning ``live`` into ``desired`` for every field we manage."""
     patch = {"metadata": copy.deepcopy(desired["metadata"]), "spec": copy.deepcopy(desired["spec"])}
-    for path in _MANAGED_MAPS:
+    live_annotations = _get(live, ("metadata", "annotations")) or {}
+    for path, record in _MANAGED_MAPS:
         wanted = _get(desired, path) or {}
+        ours_before = set(filter(None, (live_annotations.get(record) or "").split(","))) if record else set()
         for key in _get(live, path) or {}:
-            if _managed_key(key) and key not in wanted:
+            if (_managed_key(key) or key in ours_before) and key not in wanted:
                 _set(patch, (*path, key), None)
     pod_path = ("spec", "template", "spec")
     for key in _MANAGED_POD_FIELDS:
@@ -109,8 +117,15 @@ class Outcome:
     generation: int | None = None
 
 
-def _is_ours(obj: dict[str, Any]) -> bool:
+def is_ours(obj: dict[str, Any]) -> bool:
     return (_get(obj, ("metadata", "labels")) or {}).get(MANAGED_BY_LABEL) == MANAGED_BY
+
+
+def not_ours(namespace: str, name: str, verb: str) -> str:
+    return (
+        f"{namespace}/{name} exists but is not managed by airflow-knative (no label "
+        f"{MANAGED_BY_LABEL}={MANAGED_BY}); refusing to {verb} it."
+    )
 
 
 def apply(services: KnativeServices, manifest: dict[str, Any], dry_run: bool = False) -> Outcome:
@@ -121,11 +136,8 @@ def apply(services: KnativeServices, manifest: dict[str, Any], dry_run: bool = F
     except ServiceNotFound:
         created = services.create(manifest, dry_run=dry_run)
         return Outcome(ns, name, "create", generation=_get(created, ("metadata", "generation")))
-    if not _is_ours(live):
-        raise ClusterError(
-            f"{ns}/{name} exists but is not managed by airflow-knative (no label {MANAGED_BY_LABEL}={MANAGED_BY}); "
-            "refusing to replace it. Rename the service in the DAG, or add the label if it really is ours."
-        )
+    if not is_ours(live):
+        raise NotManaged(not_ours(ns, name, "replace") + " Rename the service in the DAG, or add the label.")
     patch = merge_patch(live, manifest)
     found = changes(live, patch)
     if not found:
@@ -205,24 +217,51 @@ def wait_ready(
     return failures
 
 
-def status_rows(items: list[dict[str, Any]]) -> list[list[str]]:
-    """One row per service: namespace, name, ready, latest ready revision, URL, reason."""
-    rows = []
+def status_records(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One machine-readable record per Service (``status -o json|yaml``), sorted by namespace, name."""
+    records = []
     for obj in sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])):
-        status = obj.get("status") or {}
+        meta, status = obj["metadata"], obj.get("status") or {}
+        annotations = meta.get("annotations") or {}
         verdict = readiness(obj)
-        reason = "" if verdict.state == "ready" else f"{verdict.reason}: {verdict.message}".strip(": ")
-        rows.append(
-            [
-                obj["metadata"].get("namespace", ""),
-                obj["metadata"]["name"],
-                verdict.status,
-                status.get("latestReadyRevisionName") or "-",
-                status.get("url") or "-",
-                reason,
-            ]
+        records.append(
+            {
+                "namespace": meta.get("namespace", ""),
+                "name": meta["name"],
+                "service": annotations.get(SERVICE_ANNOTATION, meta["name"]),
+                "ready": verdict.status,
+                "state": verdict.state,
+                "reason": verdict.reason,
+                "message": verdict.message,
+                "generation": meta.get("generation"),
+                "observedGeneration": status.get("observedGeneration"),
+                "latestReadyRevision": status.get("latestReadyRevisionName"),
+                "url": status.get("url"),
+                "address": (status.get("address") or {}).get("url"),
+                "dags": _split(annotations.get(DAGS_ANNOTATION)),
+                "tasks": _split(annotations.get(TASKS_ANNOTATION)),
+            }
         )
-    return rows
+    return records
+
+
+def _split(text: str | None) -> list[str]:
+    return [part for part in (text or "").split(",") if part]
+
+
+def status_rows(records: list[dict[str, Any]]) -> list[list[str]]:
+    """The table form of :func:`status_records`: namespace, name, ready, revision, URL, reason."""
+    return [
+        [
+            r["namespace"],
+            r["name"],
+            r["ready"],
+            r["latestReadyRevision"] or "-",
+            r["url"] or "-",
+            "" if r["state"] == "ready" else f"{r['reason']}: {r['message']}".strip(": "),
+        ]
+        for r in records
+    ]
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
@@ -232,3 +271,28 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
         for row in [header, *rows]
     ]
     return "\n".join(lines)
+
+
+def delete(services: KnativeServices, live: dict[str, Any], dry_run: bool = False) -> None:
+    """Delete the managed Service ``live`` (as read just before), refusing any other.
+
+    The delete carries ``live``'s uid as a precondition: if the Service was replaced in
+    between, the API server refuses and nothing of somebody else's is removed.
+    """
+    meta = live["metadata"]
+    if not is_ours(live):
+        raise NotManaged(not_ours(meta["namespace"], meta["name"], "delete"))
+    services.delete(meta["namespace"], meta["name"], uid=meta.get("uid"), dry_run=dry_run)
+
+
+def stale(
+    services: KnativeServices, namespaces: list[str], wanted: set[tuple[str, str]], selector: str
+) -> list[dict[str, Any]]:
+    """Managed Services in ``namespaces`` that no task of the DAG folder needs any more."""
+    found = []
+    for namespace in sorted(set(namespaces)):
+        for obj in services.list(namespace, selector):
+            meta = obj["metadata"]
+            if is_ours(obj) and (meta.get("namespace", namespace), meta["name"]) not in wanted:
+                found.append(obj)
+    return sorted(found, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))

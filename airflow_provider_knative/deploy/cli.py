@@ -1,8 +1,9 @@
-"""``airflow-knative manifests | deploy | status``: from DAGs to Ready Knative Services.
+"""``airflow-knative manifests | deploy | status | delete | prune | rbac``: DAGs to Ready Services.
 
 Only stdlib at module top: ``serve`` must not pay for Airflow's or kubernetes' import.
 Every expected failure (bad DAGs, bad settings, no cluster, a revision that fails) ends in
-a message on stderr and exit code 1, never a traceback.
+a message on stderr and exit code 1, never a traceback. Machine-readable output
+(``-o json|yaml``) goes to stdout alone; progress and notes go to stderr.
 """
 
 from __future__ import annotations
@@ -12,16 +13,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_knative.errors import KnativeError
+
+
+def _add_dags_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dags-folder", required=True, help="folder of DAG files to read services from")
+
+
+def _add_namespace_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--namespace", "-n", help=help_text + " (default: [knative] namespace)")
+
 
 def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dags-folder", required=True, help="folder of DAG files to read services from")
+    _add_dags_argument(parser)
     parser.add_argument(
         "--image", required=True, help="runtime image holding these DAGs, e.g. registry/dags:1.4"
     )
-    parser.add_argument(
-        "--namespace",
-        help="namespace for services whose task sets none (default: [knative] namespace, 'default')",
-    )
+    _add_namespace_argument(parser, "namespace for services whose task sets none")
     parser.add_argument(
         "--defaults",
         metavar="FILE",
@@ -62,8 +70,12 @@ def register(subparsers: Any) -> None:
     manifests.add_argument(
         "-o",
         "--output",
-        default="-",
-        help="folder for one <service>.yaml per service, or '-' for multi-document YAML on stdout",
+        choices=("yaml", "json"),
+        default="yaml",
+        help="yaml: one YAML document per Service; json: one v1 List (default: %(default)s)",
+    )
+    manifests.add_argument(
+        "--output-dir", metavar="DIR", help="write one file per Service into DIR instead of stdout"
     )
     manifests.set_defaults(handler=manifests_command)
 
@@ -77,6 +89,9 @@ def register(subparsers: Any) -> None:
     _add_cluster_arguments(deploy)
     deploy.add_argument("--dry-run", action="store_true", help="show what would change; change nothing")
     deploy.add_argument(
+        "--no-wait", action="store_true", help="apply and return; do not wait for Ready (see `status`)"
+    )
+    deploy.add_argument(
         "--timeout", type=float, default=300.0, help="seconds to wait for Ready (default: 300)"
     )
     deploy.add_argument(
@@ -88,10 +103,45 @@ def register(subparsers: Any) -> None:
         "status",
         help="list the Knative Services airflow-knative manages: ready, revision, URL",
     )
-    status.add_argument("--namespace", help="namespace to list (default: [knative] namespace)")
+    _add_namespace_argument(status, "namespace to list")
     status.add_argument("--all-namespaces", "-A", action="store_true", help="list every namespace")
+    status.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json", "yaml"),
+        default="table",
+        help="table for people, json or yaml for scripts (default: %(default)s)",
+    )
     _add_cluster_arguments(status)
     status.set_defaults(handler=status_command)
+
+    delete = subparsers.add_parser(
+        "delete",
+        help="delete Knative Services that airflow-knative manages, by service name",
+        description="Delete the named Services. A Service without the managed-by label is refused.",
+    )
+    delete.add_argument("services", nargs="+", metavar="SERVICE", help="service name as written in the DAG")
+    _add_namespace_argument(delete, "namespace of the services")
+    delete.add_argument("--dry-run", action="store_true", help="check and report; delete nothing")
+    _add_cluster_arguments(delete)
+    delete.set_defaults(handler=delete_command)
+
+    prune = subparsers.add_parser(
+        "prune",
+        help="delete managed Knative Services that no task of the DAG folder uses any more",
+        description="Parse the DAGs, list the managed Services in the namespace (and in every "
+        "namespace a task names), and delete those no task needs. Services without the "
+        "managed-by label are never touched; a DAG folder that fails to import prunes nothing.",
+    )
+    _add_dags_argument(prune)
+    _add_namespace_argument(prune, "namespace to prune, besides those the tasks name")
+    prune.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
+    _add_cluster_arguments(prune)
+    prune.set_defaults(handler=prune_command)
+
+    from airflow_provider_knative.deploy import rbac
+
+    rbac.register(subparsers)
 
 
 def _error(message: str) -> int:
@@ -107,22 +157,27 @@ def _namespace(args: argparse.Namespace) -> str:
     return str(config.get("namespace"))
 
 
-def _build(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """DAG folder → manifests; raises CollectError/SettingsError with every problem found."""
-    from airflow_provider_knative.deploy.collect import collect, parse_dags
-    from airflow_provider_knative.deploy.manifests import ManifestOptions, service_manifest
-    from airflow_provider_knative.deploy.settings import DefaultsFile
+def _collect(args: argparse.Namespace, defaults: Any = None) -> Any:
+    """DAG folder → services; raises CollectError/SettingsError with every problem found."""
+    from airflow_provider_knative.deploy.collect import CollectError, collect, parse_dags
 
-    defaults = DefaultsFile.load(args.defaults) if args.defaults else DefaultsFile.empty()
     collection = collect(parse_dags(args.dags_folder), _namespace(args), defaults)
     for note in collection.skipped:
         print(f"skipped: {note}", file=sys.stderr)
     if not collection.services:
-        from airflow_provider_knative.deploy.collect import CollectError
-
         raise CollectError(
             [f"no @task.knative or KnativeOperator task in {args.dags_folder} needs a Knative Service"]
         )
+    return collection
+
+
+def _build(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """DAG folder → manifests; raises CollectError/SettingsError with every problem found."""
+    from airflow_provider_knative.deploy.manifests import ManifestOptions, service_manifest
+    from airflow_provider_knative.deploy.settings import DefaultsFile
+
+    defaults = DefaultsFile.load(args.defaults) if args.defaults else DefaultsFile.empty()
+    collection = _collect(args, defaults)
     options = ManifestOptions(
         image=args.image,
         store_secret=args.store_secret or None,
@@ -131,7 +186,24 @@ def _build(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     for spec in collection.services:
         print(f"service {spec.namespace}/{spec.name}: {', '.join(spec.tasks)}", file=sys.stderr)
+    if not options.signing_secret:
+        _unsigned_warnings(collection.services)
     return [service_manifest(spec, options) for spec in collection.services]
+
+
+def _unsigned_warnings(specs: list[Any]) -> None:
+    """Without a signing secret the runtime refuses to listen beyond loopback (as in a pod)."""
+    from airflow_provider_knative import config
+
+    allow = config.OPTIONS["allow_unsigned"].env_var
+    for spec in specs:
+        if allow not in spec.settings.get("env", {}):
+            print(
+                f"warning: {spec.namespace}/{spec.name}: no --signing-secret, so its runtime refuses to "
+                f"start on the pod's address; pass a Secret, or set env {allow}=true for it (anyone "
+                "who reaches the Service can then run its functions)",
+                file=sys.stderr,
+            )
 
 
 def _timeout_warnings(manifests: list[dict[str, Any]]) -> None:
@@ -145,39 +217,41 @@ def _timeout_warnings(manifests: list[dict[str, Any]]) -> None:
             )
 
 
+def _problems(exc: KnativeError) -> str:
+    return "\n".join(getattr(exc, "problems", None) or [str(exc)])
+
+
 def _build_or_report(args: argparse.Namespace) -> list[dict[str, Any]] | int:
-    from airflow_provider_knative.deploy.collect import CollectError
-    from airflow_provider_knative.deploy.settings import SettingsError
+    from airflow_provider_knative.errors import CollectError, SettingsError
 
     try:
         manifests = _build(args)
-    except CollectError as exc:
-        return _error("\n".join(exc.problems))
-    except SettingsError as exc:
-        return _error(str(exc))
+    except (CollectError, SettingsError) as exc:
+        return _error(_problems(exc))
     _timeout_warnings(manifests)
     return manifests
 
 
 def manifests_command(args: argparse.Namespace) -> int:
-    from airflow_provider_knative.deploy.manifests import to_yaml
+    from airflow_provider_knative.deploy.manifests import to_json, to_yaml
 
     manifests = _build_or_report(args)
     if isinstance(manifests, int):
         return manifests
-    if args.output == "-":
-        sys.stdout.write(to_yaml(manifests))
+    render = to_json if args.output == "json" else to_yaml
+    if not args.output_dir:
+        sys.stdout.write(render(manifests))
         sys.stdout.flush()
         return 0
-    folder = Path(args.output)
+    folder = Path(args.output_dir)
     namespaces = {m["metadata"]["namespace"] for m in manifests}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for manifest in manifests:
             meta = manifest["metadata"]
             stem = meta["name"] if len(namespaces) == 1 else f"{meta['namespace']}.{meta['name']}"
-            path = folder / f"{stem}.yaml"
-            path.write_text(to_yaml([manifest]))
+            path = folder / f"{stem}.{args.output}"
+            path.write_text(to_json([manifest]) if args.output == "json" else to_yaml([manifest]))
             print(f"wrote {path}", file=sys.stderr)
     except OSError as exc:
         return _error(f"cannot write manifests to {folder}: {exc.strerror}")
@@ -211,6 +285,12 @@ def deploy_command(args: argparse.Namespace) -> int:
                 print(f"    {change}", flush=True)
         if args.dry_run:
             return 0
+        if args.no_wait:
+            print(
+                f"{len(outcomes)} service(s) applied; not waiting for Ready (`airflow-knative status` shows it)",
+                flush=True,
+            )
+            return 0
         failures = wait_ready(services, outcomes, args.timeout, args.poll_interval, sys.stdout)
     except ClusterError as exc:
         return _error(str(exc))
@@ -220,8 +300,20 @@ def deploy_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dump(data: Any, fmt: str) -> None:
+    if fmt == "json":
+        import json
+
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+    sys.stdout.flush()
+
+
 def status_command(args: argparse.Namespace) -> int:
-    from airflow_provider_knative.deploy.apply import format_table, status_rows
+    from airflow_provider_knative.deploy.apply import format_table, status_records, status_rows
     from airflow_provider_knative.deploy.manifests import MANAGED_SELECTOR
     from airflow_provider_knative.knative.api import ClusterError, KnativeServices
 
@@ -230,10 +322,73 @@ def status_command(args: argparse.Namespace) -> int:
         items = KnativeServices(args.kubeconfig, args.context).list(namespace, MANAGED_SELECTOR)
     except ClusterError as exc:
         return _error(str(exc))
-    if not items:
+    records = status_records(items)
+    if args.output != "table":
+        _dump({"namespace": namespace, "items": records}, args.output)
+        return 0
+    if not records:
         where = "any namespace" if namespace is None else f"namespace {namespace}"
         print(f"no Knative Services managed by airflow-knative in {where}")
         return 0
     header = ["NAMESPACE", "NAME", "READY", "LATEST READY REVISION", "URL", "REASON"]
-    print(format_table(header, status_rows(items)))
+    print(format_table(header, status_rows(records)))
+    return 0
+
+
+def delete_command(args: argparse.Namespace) -> int:
+    from airflow_provider_knative.deploy.apply import delete
+    from airflow_provider_knative.errors import ClusterError, InvalidServiceName, NotManaged, ServiceNotFound
+    from airflow_provider_knative.knative.api import KnativeServices
+    from airflow_provider_knative.knative.names import service_name
+
+    namespace = _namespace(args)
+    try:
+        names = [service_name(s) for s in args.services]
+    except InvalidServiceName as exc:
+        return _error(str(exc))
+    failures = []
+    try:
+        services = KnativeServices(args.kubeconfig, args.context)
+        for name in names:
+            try:
+                delete(services, services.get(namespace, name), dry_run=args.dry_run)
+            except ServiceNotFound:
+                failures.append(f"{namespace}/{name}: not found")
+                continue
+            except NotManaged as exc:
+                failures.append(str(exc))
+                continue
+            print(f"{namespace}/{name}: {'would be deleted' if args.dry_run else 'deleted'}", flush=True)
+    except ClusterError as exc:
+        return _error(str(exc))
+    return _error("\n".join(failures)) if failures else 0
+
+
+def prune_command(args: argparse.Namespace) -> int:
+    from airflow_provider_knative.deploy.apply import delete, stale
+    from airflow_provider_knative.deploy.manifests import MANAGED_SELECTOR, TASKS_ANNOTATION
+    from airflow_provider_knative.errors import ClusterError, CollectError, SettingsError
+    from airflow_provider_knative.knative.api import KnativeServices
+
+    try:
+        collection = _collect(args)
+    except CollectError as exc:
+        return _error(_problems(exc) + "\nnothing was pruned")
+    except SettingsError as exc:
+        return _error(f"{exc}\nnothing was pruned")
+    wanted = {(s.namespace, s.name) for s in collection.services}
+    namespaces = [_namespace(args), *(ns for ns, _ in wanted)]
+    try:
+        services = KnativeServices(args.kubeconfig, args.context)
+        found = stale(services, namespaces, wanted, MANAGED_SELECTOR)
+        for obj in found:
+            meta = obj["metadata"]
+            tasks = (meta.get("annotations") or {}).get(TASKS_ANNOTATION) or "none recorded"
+            delete(services, obj, dry_run=args.dry_run)
+            verb = "would be deleted" if args.dry_run else "deleted"
+            print(f"{meta['namespace']}/{meta['name']}: {verb} (its tasks are gone: {tasks})", flush=True)
+    except ClusterError as exc:
+        return _error(str(exc))
+    verb = "would be pruned" if args.dry_run else "pruned"
+    print(f"{len(found)} service(s) {verb}; {len(wanted)} still used by the DAGs", flush=True)
     return 0

@@ -21,6 +21,7 @@ from typing import Any
 from airflow_provider_knative import errors
 from airflow_provider_knative.deploy.settings import (
     DEFAULTS,
+    MAPPING_SETTINGS,
     DefaultsFile,
     SettingsError,
     check_combination,
@@ -230,12 +231,17 @@ def collect(
 def _merge_task(
     spec: ServiceSpec, origin: dict[str, str], settings: dict[str, Any], ref: str, problems: list[str]
 ) -> None:
-    """Add one task's settings to its service; the same key with another value is a conflict."""
+    """Add one task's settings to its service; the same key with another value is a conflict.
+
+    Mapping settings (``env``, ``annotations``...) are compared entry by entry, so two tasks
+    may each add their own variable; everything else is compared whole.
+    """
     for key, value in settings.items():
-        items = value.items() if key == "env" else [(None, value)]
+        mapping = key in MAPPING_SETTINGS
+        items = value.items() if mapping else [(None, value)]
         for sub, item in items:
-            slot = f"env.{sub}" if sub is not None else key
-            current = spec.settings.get("env", {}).get(sub) if sub is not None else spec.settings.get(key)
+            slot = f"{key}.{sub}" if mapping else key
+            current = spec.settings.get(key, {}).get(sub) if mapping else spec.settings.get(key)
             if slot in origin and current != item:
                 problems.append(
                     f"service {spec.requested_name!r}: conflicting setting {slot}: {origin[slot]} sets "
@@ -244,19 +250,19 @@ def _merge_task(
                 )
                 continue
             origin[slot] = ref
-            if sub is not None:
-                spec.settings.setdefault("env", {})[sub] = item
+            if mapping:
+                spec.settings.setdefault(key, {})[sub] = item
             else:
                 spec.settings[key] = item
 
 
 def _layer(*layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Later layers win; ``env`` merges variable by variable."""
+    """Later layers win; mapping settings (``env``, ``annotations``...) merge entry by entry."""
     merged: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():
-            if key == "env":
-                merged["env"] = {**merged.get("env", {}), **value}
+            if key in MAPPING_SETTINGS:
+                merged[key] = {**merged.get(key, {}), **value}
             else:
                 merged[key] = value
     return merged

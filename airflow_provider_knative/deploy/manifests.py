@@ -10,7 +10,18 @@ What a Knative operator expects, and why each part is there:
 - readiness on ``/readyz`` (true only once the DAG folder is imported) and liveness on
   ``/healthz``; no port in probes, Knative fills in the serving port;
 - the store settings and the signing secret come from Kubernetes Secrets, never inline;
-- labels and annotations lead from a Service back to the DAGs and tasks that use it.
+- labels and annotations lead from a Service back to the DAGs and tasks that use it;
+- a securityContext that Pod Security "restricted" admits, set on the container (Knative
+  gates the pod-level securityContext behind a feature flag; the container-level fields are
+  always allowed and are what the restricted profile checks): non-root, no privilege
+  escalation, no capabilities, the runtime's default seccomp profile, and a read-only root
+  filesystem with an emptyDir on /tmp (the runtime writes nothing else);
+- annotations the user asked for are recorded in an annotation of ours, so a later deploy
+  can remove one the user dropped without touching annotations other tools added.
+
+One function builds the container (:func:`container_spec`) and one the revision's pod spec
+(:func:`revision_spec`): another kind of Service (same image, another entrypoint) reuses
+both with its own arguments, environment and timeout.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from typing import Any
 
 from airflow_provider_knative import config
 from airflow_provider_knative.deploy.collect import ServiceSpec
+from airflow_provider_knative.deploy.settings import DEFAULT_GPU_RESOURCE
 
 API_VERSION = "serving.knative.dev/v1"
 KIND = "Service"
@@ -46,6 +58,13 @@ _AUTOSCALING = {
 }
 
 
+#: Service annotations listing the user's annotation keys, so a removed one can be removed
+SERVICE_ANNOTATION_KEYS = ANNOTATION_PREFIX + "service-annotation-keys"
+TEMPLATE_ANNOTATION_KEYS = ANNOTATION_PREFIX + "template-annotation-keys"
+TMP_VOLUME = "tmp"
+TMP_PATH = "/tmp"
+
+
 @dataclass(frozen=True)
 class ManifestOptions:
     """Deployment-wide choices (command-line options), as opposed to per-service settings."""
@@ -54,6 +73,29 @@ class ManifestOptions:
     store_secret: str | None = "airflow-knative-store"
     signing_secret: str | None = "airflow-knative-signing"
     dags_folder: str = DAGS_FOLDER_IN_IMAGE
+
+
+def security_context(settings: dict[str, Any]) -> dict[str, Any]:
+    """The container's securityContext: everything Pod Security "restricted" requires.
+
+    runAsNonRoot makes the kubelet refuse an image whose user is root (or not numeric), so
+    images must say ``USER 50000`` (ours does) rather than a user name.
+    """
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+        "readOnlyRootFilesystem": bool(settings.get("read_only_root_filesystem", True)),
+    }
+
+
+def _value_from(reference: dict[str, Any]) -> dict[str, Any]:
+    kind = "secretKeyRef" if "secret" in reference else "configMapKeyRef"
+    selector = {"name": reference.get("secret") or reference["config_map"], "key": reference["key"]}
+    if "optional" in reference:
+        selector["optional"] = reference["optional"]
+    return {kind: selector}
 
 
 def _env(spec: ServiceSpec, options: ManifestOptions) -> list[dict[str, Any]]:
@@ -75,8 +117,29 @@ def _env(spec: ServiceSpec, options: ManifestOptions) -> list[dict[str, Any]]:
                 "valueFrom": {"secretKeyRef": {"name": options.signing_secret, "key": SIGNING_SECRET_KEY}},
             }
         )
-    env.extend({"name": k, "value": v} for k, v in sorted(settings.get("env", {}).items()))
+    for name, value in sorted(settings.get("env", {}).items()):
+        if isinstance(value, dict):
+            env.append({"name": name, "valueFrom": _value_from(value)})
+        else:
+            env.append({"name": name, "value": value})
     return env
+
+
+def _env_from(settings: dict[str, Any], options: ManifestOptions) -> list[dict[str, Any]]:
+    """The store Secret first, then the user's sources (a later source wins on a clash)."""
+    sources: list[dict[str, Any]] = []
+    if options.store_secret:
+        sources.append({"secretRef": {"name": options.store_secret}})
+    for source in settings.get("env_from", []):
+        kind = "secretRef" if "secret" in source else "configMapRef"
+        ref: dict[str, Any] = {"name": source.get("secret") or source["config_map"]}
+        if "optional" in source:
+            ref["optional"] = source["optional"]
+        entry: dict[str, Any] = {kind: ref}
+        if "prefix" in source:
+            entry["prefix"] = source["prefix"]
+        sources.append(entry)
+    return sources
 
 
 def _resources(settings: dict[str, Any]) -> dict[str, Any]:
@@ -87,12 +150,68 @@ def _resources(settings: dict[str, Any]) -> dict[str, Any]:
     memory_limit = settings.get("memory_limit") or settings.get("memory")
     if memory_limit:
         limits["memory"] = memory_limit
+    if settings.get("gpu"):
+        # extended resources are limits only: Kubernetes sets the request equal to the limit
+        limits[settings.get("gpu_resource") or DEFAULT_GPU_RESOURCE] = str(settings["gpu"])
     resources: dict[str, Any] = {}
     if requests:
         resources["requests"] = requests
     if limits:
         resources["limits"] = limits
     return resources
+
+
+def runtime_args(options: ManifestOptions) -> list[str]:
+    """Arguments of ``airflow-knative`` for the function runtime (the image's ENTRYPOINT too)."""
+    return ["serve", "--dags-folder", options.dags_folder]
+
+
+def container_spec(
+    spec: ServiceSpec,
+    options: ManifestOptions,
+    args: list[str],
+    extra_env: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The one container of a Service: image, command, env, probes, resources, security.
+
+    ``args`` and ``extra_env`` are what differs between kinds of Service built from one image.
+    """
+    settings = spec.settings
+    container: dict[str, Any] = {
+        "name": "runtime",
+        "image": settings.get("image") or options.image,
+        "command": ["airflow-knative"],
+        "args": list(args),
+        "ports": [{"name": "http1", "containerPort": CONTAINER_PORT}],
+        "env": _env(spec, options) + list(extra_env or []),
+        "readinessProbe": {"httpGet": {"path": "/readyz"}},
+        "livenessProbe": {"httpGet": {"path": "/healthz"}, "periodSeconds": 10, "failureThreshold": 3},
+        "securityContext": security_context(settings),
+        "volumeMounts": [{"name": TMP_VOLUME, "mountPath": TMP_PATH}],
+    }
+    env_from = _env_from(settings, options)
+    if env_from:
+        container["envFrom"] = env_from
+    resources = _resources(settings)
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def revision_spec(spec: ServiceSpec, container: dict[str, Any], timeout_seconds: int) -> dict[str, Any]:
+    """The revision template's pod spec around ``container``."""
+    settings = spec.settings
+    pod_spec: dict[str, Any] = {
+        "containerConcurrency": settings["container_concurrency"],
+        "timeoutSeconds": timeout_seconds,
+        "containers": [container],
+        "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
+    }
+    if settings.get("service_account"):
+        pod_spec["serviceAccountName"] = settings["service_account"]
+    if settings.get("image_pull_secrets"):
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in settings["image_pull_secrets"]]
+    return pod_spec
 
 
 def service_manifest(spec: ServiceSpec, options: ManifestOptions) -> dict[str, Any]:
@@ -111,28 +230,15 @@ def service_manifest(spec: ServiceSpec, options: ManifestOptions) -> dict[str, A
         for key, annotation in _AUTOSCALING.items()
         if settings.get(key) is not None
     }
-    container: dict[str, Any] = {
-        "name": "runtime",
-        "image": settings.get("image") or options.image,
-        "command": ["airflow-knative"],
-        "args": ["serve", "--dags-folder", options.dags_folder],
-        "ports": [{"name": "http1", "containerPort": CONTAINER_PORT}],
-        "env": _env(spec, options),
-        "readinessProbe": {"httpGet": {"path": "/readyz"}},
-        "livenessProbe": {"httpGet": {"path": "/healthz"}, "periodSeconds": 10, "failureThreshold": 3},
-    }
-    if options.store_secret:
-        container["envFrom"] = [{"secretRef": {"name": options.store_secret}}]
-    resources = _resources(settings)
-    if resources:
-        container["resources"] = resources
-    pod_spec: dict[str, Any] = {
-        "containerConcurrency": settings["container_concurrency"],
-        "timeoutSeconds": settings["timeout_seconds"],
-        "containers": [container],
-    }
-    if settings.get("service_account"):
-        pod_spec["serviceAccountName"] = settings["service_account"]
+    # the user's annotations (settings refuse our own keys), and a record of which they are
+    for record, user, target in (
+        (TEMPLATE_ANNOTATION_KEYS, settings.get("annotations", {}), template_annotations),
+        (SERVICE_ANNOTATION_KEYS, settings.get("service_annotations", {}), annotations),
+    ):
+        if user:
+            annotations[record] = ",".join(sorted(user))
+            target.update(sorted(user.items()))
+    container = container_spec(spec, options, runtime_args(options))
     template_metadata: dict[str, Any] = {"labels": {MANAGED_BY_LABEL: MANAGED_BY, NAME_LABEL: spec.name}}
     if template_annotations:
         template_metadata["annotations"] = template_annotations
@@ -145,7 +251,12 @@ def service_manifest(spec: ServiceSpec, options: ManifestOptions) -> dict[str, A
             "labels": labels,
             "annotations": annotations,
         },
-        "spec": {"template": {"metadata": template_metadata, "spec": pod_spec}},
+        "spec": {
+            "template": {
+                "metadata": template_metadata,
+                "spec": revision_spec(spec, container, settings["timeout_seconds"]),
+            }
+        },
     }
 
 
@@ -154,3 +265,10 @@ def to_yaml(manifests: list[dict[str, Any]]) -> str:
     import yaml
 
     return "".join("---\n" + yaml.safe_dump(m, sort_keys=False) for m in manifests)
+
+
+def to_json(manifests: list[dict[str, Any]]) -> str:
+    """One ``v1/List`` (what ``kubectl get -o json`` prints and ``kubectl apply -f`` accepts)."""
+    import json
+
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests}, indent=2) + "\n"

@@ -27,6 +27,19 @@ MANAGED_ENV = frozenset(
     }
 )
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$")
+_NAME_PART = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+#: annotation prefixes whose keys this tool writes itself (from other settings or as bookkeeping)
+RESERVED_ANNOTATION_PREFIXES = ("airflow-provider-knative/",)
+#: autoscaling annotations that have their own setting (the setting is the one way to set them)
+DERIVED_ANNOTATIONS = {
+    "autoscaling.knative.dev/min-scale": "min_scale",
+    "autoscaling.knative.dev/max-scale": "max_scale",
+    "autoscaling.knative.dev/initial-scale": "initial_scale",
+    "autoscaling.knative.dev/target": "target",
+    "autoscaling.knative.dev/scale-down-delay": "scale_down_delay",
+}
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 _QUANTITY = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[mkMGTPE])?$")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _UNITS = {"m": Decimal("0.001"), "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9)}
@@ -91,10 +104,44 @@ def _duration(value: Any) -> str:
     return text
 
 
-def _env(value: Any) -> dict[str, str]:
+def _dns_subdomain(value: Any) -> str:
+    if not isinstance(value, str) or not _DNS_SUBDOMAIN.match(value) or len(value) > 253:
+        raise SettingsError(f"must be a Kubernetes object name (lowercase, digits, '-', '.'), got {value!r}")
+    return value
+
+
+def _env_reference(name: str, item: Mapping[str, Any]) -> dict[str, Any]:
+    """``{secret: NAME, key: KEY}`` or ``{config_map: NAME, key: KEY}`` (+ ``optional``)."""
+    kinds = [k for k in ("secret", "config_map") if k in item]
+    unknown = set(item) - {"secret", "config_map", "key", "optional"}
+    if len(kinds) != 1 or unknown or "key" not in item:
+        raise SettingsError(
+            f"{name} must be a string, a number, or a reference {{secret: NAME, key: KEY}} / "
+            f"{{config_map: NAME, key: KEY}} (optionally optional: true), got {dict(item)!r}"
+        )
+    key = item["key"]
+    if not isinstance(key, str) or not re.match(r"^[-._a-zA-Z0-9]+$", key):
+        raise SettingsError(f"{name}: key {key!r} is not a valid Secret/ConfigMap key")
+    reference: dict[str, Any] = {kinds[0]: _dns_subdomain_in(name, item[kinds[0]]), "key": key}
+    if "optional" in item:
+        if not isinstance(item["optional"], bool):
+            raise SettingsError(f"{name}: optional must be true or false, got {item['optional']!r}")
+        reference["optional"] = item["optional"]
+    return reference
+
+
+def _dns_subdomain_in(where: str, value: Any) -> str:
+    try:
+        return _dns_subdomain(value)
+    except SettingsError as exc:
+        raise SettingsError(f"{where}: {exc}") from None
+
+
+def _env(value: Any) -> dict[str, Any]:
+    """Plain values become strings; Secret/ConfigMap keys stay references (never values)."""
     if not isinstance(value, Mapping):
         raise SettingsError(f"must be a mapping of variable name to value, got {value!r}")
-    env: dict[str, str] = {}
+    env: dict[str, Any] = {}
     for name, item in value.items():
         if not isinstance(name, str) or not _ENV_NAME.match(name):
             raise SettingsError(f"variable name {name!r} is not a valid environment variable name")
@@ -102,10 +149,101 @@ def _env(value: Any) -> dict[str, str]:
             raise SettingsError(f"{name} is reserved by Knative and set by it; remove it")
         if name in MANAGED_ENV:
             raise SettingsError(f"{name} is derived from the service settings; set those instead")
-        if isinstance(item, bool) or not isinstance(item, str | int | float):
+        if isinstance(item, Mapping):
+            env[name] = _env_reference(name, item)
+        elif isinstance(item, bool) or not isinstance(item, str | int | float):
             raise SettingsError(f"{name} must be a string or number, got {item!r}")
-        env[name] = str(item)
+        else:
+            env[name] = str(item)
     return env
+
+
+def _env_from(value: Any) -> list[dict[str, Any]]:
+    """Whole Secrets/ConfigMaps as variables: ``[{secret: NAME}, {config_map: NAME, prefix: P}]``."""
+    if not isinstance(value, list | tuple):
+        raise SettingsError(f"must be a list such as [{{secret: db-credentials}}], got {value!r}")
+    sources: list[dict[str, Any]] = []
+    for item in value:
+        kinds = [k for k in ("secret", "config_map") if isinstance(item, Mapping) and k in item]
+        if not isinstance(item, Mapping) or len(kinds) != 1 or set(item) - {*kinds, "prefix", "optional"}:
+            raise SettingsError(
+                "entries must be {secret: NAME} or {config_map: NAME}, optionally with prefix and "
+                f"optional, got {item!r}"
+            )
+        source: dict[str, Any] = {kinds[0]: _dns_subdomain(item[kinds[0]])}
+        prefix = item.get("prefix")
+        if prefix is not None:
+            if not isinstance(prefix, str) or not _ENV_NAME.match(prefix):
+                raise SettingsError(f"prefix {prefix!r} is not a valid start of a variable name")
+            source["prefix"] = prefix
+        if "optional" in item:
+            if not isinstance(item["optional"], bool):
+                raise SettingsError(f"optional must be true or false, got {item['optional']!r}")
+            source["optional"] = item["optional"]
+        sources.append(source)
+    return sources
+
+
+def _qualified_name(value: Any, what: str) -> str:
+    """A Kubernetes qualified name: optional DNS-subdomain prefix, '/', name of at most 63 chars."""
+    if not isinstance(value, str) or not value:
+        raise SettingsError(f"{what} must be a non-empty string, got {value!r}")
+    prefix, _, name = value.rpartition("/")
+    if (prefix and (not _DNS_SUBDOMAIN.match(prefix) or len(prefix) > 253)) or (
+        not _NAME_PART.match(name) or len(name) > 63
+    ):
+        raise SettingsError(
+            f"{what} {value!r} is not a valid Kubernetes key: an optional DNS prefix and '/', "
+            "then at most 63 letters, digits, '-', '_' or '.'"
+        )
+    return value
+
+
+def _annotations(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise SettingsError(f"must be a mapping of annotation key to string value, got {value!r}")
+    annotations: dict[str, str] = {}
+    for key, item in value.items():
+        _qualified_name(key, "annotation key")
+        if key.startswith(RESERVED_ANNOTATION_PREFIXES):
+            raise SettingsError(f"annotation {key!r} is written by airflow-knative itself; remove it")
+        if key in DERIVED_ANNOTATIONS:
+            raise SettingsError(
+                f"annotation {key!r} comes from the {DERIVED_ANNOTATIONS[key]!r} setting; set that"
+            )
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise SettingsError(f"annotation {key!r} must be a string (or a number), got {item!r}")
+        annotations[key] = str(item)
+    return annotations
+
+
+def _names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not value:
+        raise SettingsError(f"must be a list of Secret names, got {value!r}")
+    names = [_dns_subdomain(v) for v in value]
+    if len(set(names)) != len(names):
+        raise SettingsError(f"names a Secret twice: {names!r}")
+    return names
+
+
+def _extended_resource(value: Any) -> str:
+    """An extended resource name such as ``nvidia.com/gpu``: domain-prefixed, not kubernetes.io."""
+    name = _qualified_name(value, "resource name")
+    domain = name.rpartition("/")[0]
+    if not domain or domain == "kubernetes.io" or domain.endswith(".kubernetes.io"):
+        raise SettingsError(
+            f"resource name {value!r} must be an extended resource with a vendor domain, "
+            "such as 'nvidia.com/gpu' or 'amd.com/gpu'"
+        )
+    return name
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SettingsError(f"must be true or false, got {value!r}")
+    return value
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
@@ -115,16 +253,6 @@ def _choice(*choices: str) -> Callable[[Any], str]:
         return value
 
     return check
-
-
-def _dns_subdomain(value: Any) -> str:
-    if (
-        not isinstance(value, str)
-        or not re.match(r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$", value)
-        or len(value) > 253
-    ):
-        raise SettingsError(f"must be a Kubernetes object name (lowercase, digits, '-', '.'), got {value!r}")
-    return value
 
 
 def _image(value: Any) -> str:
@@ -182,7 +310,40 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting("cpu_limit", _quantity, "CPU limit (none by default: limits throttle, requests schedule)."),
         Setting("memory_limit", _quantity, "Memory limit; defaults to the memory request."),
-        Setting("env", _env, "Extra plain environment variables for the runtime (never secrets)."),
+        Setting(
+            "gpu",
+            _integer(1, 64),
+            "GPUs per pod: a limit on gpu_resource (nvidia.com/gpu unless set otherwise).",
+        ),
+        Setting(
+            "gpu_resource",
+            _extended_resource,
+            "Extended resource the gpu count is for, e.g. 'amd.com/gpu' (default nvidia.com/gpu).",
+        ),
+        Setting(
+            "env",
+            _env,
+            "Environment variables: plain values, or {secret: NAME, key: KEY} / {config_map: NAME, key: KEY} "
+            "references (a secret never appears in the manifest).",
+        ),
+        Setting(
+            "env_from",
+            _env_from,
+            "Whole Secrets/ConfigMaps as variables: [{secret: NAME}, {config_map: NAME, prefix: P}].",
+        ),
+        Setting(
+            "annotations",
+            _annotations,
+            "Annotations on the revision template (the pods), e.g. autoscaling.knative.dev/metric.",
+        ),
+        Setting("service_annotations", _annotations, "Annotations on the Knative Service object itself."),
+        Setting("image_pull_secrets", _names, "Secrets (in the service's namespace) to pull the image with."),
+        Setting(
+            "read_only_root_filesystem",
+            _boolean,
+            "true (default): the container's root filesystem is read-only and /tmp is an emptyDir; "
+            "false if DAG code writes elsewhere.",
+        ),
         Setting("visibility", _choice("cluster-local", "external"), "cluster-local (default) or external."),
         Setting("service_account", _dns_subdomain, "Kubernetes service account the pods run as."),
         Setting("image", _image, "Image for this service instead of --image."),
@@ -195,7 +356,11 @@ DEFAULTS: dict[str, Any] = {
     "cpu": "250m",
     "memory": "512Mi",
     "visibility": "cluster-local",
+    "read_only_root_filesystem": True,
 }
+
+#: settings that are mappings: tasks and defaults layers merge them key by key
+MAPPING_SETTINGS = ("env", "annotations", "service_annotations")
 
 
 def valid_keys() -> str:
@@ -233,6 +398,10 @@ def check_combination(settings: Mapping[str, Any], where: str) -> None:
         raise SettingsError(
             f"{where}: target {target} is above container_concurrency {concurrency}; a pod never "
             "receives more than container_concurrency requests, so lower the target"
+        )
+    if settings.get("gpu_resource") and not settings.get("gpu"):
+        raise SettingsError(
+            f"{where}: gpu_resource {settings['gpu_resource']} is set but gpu (the count) is not"
         )
     for request, limit in (("cpu", "cpu_limit"), ("memory", "memory_limit")):
         if settings.get(request) and settings.get(limit):

@@ -27,7 +27,11 @@ _TIMEOUT = (5, 30)  # connect, read (seconds): a dead API server must not hang t
 
 
 class KnativeServices:
-    """CRUD of ``services.serving.knative.dev`` on one cluster."""
+    """CRUD of ``services.serving.knative.dev`` on one cluster.
+
+    Every Kubernetes API call of this package is one ``self._api.<method>`` call in this
+    class; the RBAC test reads them from here to check deploy/rbac.yaml grants each verb.
+    """
 
     def __init__(self, kubeconfig: str | None = None, context: str | None = None) -> None:
         from kubernetes import client
@@ -75,8 +79,11 @@ class KnativeServices:
         if status in (401, 403):
             return ClusterError(
                 f"{what}: the API server refused ({status}): {message}. The account from {self.source} needs "
-                f"get/list/create/patch on {PLURAL}.{GROUP} (see deploy/rbac.yaml)."
+                f"the verbs of deploy/rbac.yaml on {PLURAL}.{GROUP} (`airflow-knative rbac` prints them "
+                "for your namespaces and service accounts)."
             )
+        if status == 409:
+            return ClusterError(f"{what}: the Service changed meanwhile ({message}); run the command again")
         return ClusterError(f"{what}: the API server answered {status}: {message}")
 
     def list(self, namespace: str | None, label_selector: str) -> list[dict[str, Any]]:
@@ -144,6 +151,31 @@ class KnativeServices:
             _content_type="application/merge-patch+json",
         )
 
+    def delete(self, namespace: str, name: str, uid: str | None = None, dry_run: bool = False) -> Any:
+        """Delete one Service; with ``uid``, only if it is still the object that was checked.
+
+        The precondition closes the gap between "this Service is ours" (read first) and the
+        delete: a Service deleted and recreated by someone else meanwhile is left alone.
+        """
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+        }
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        return self._call(
+            f"deleting {namespace}/{name}",
+            self._api.delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            body=body,
+            dry_run="All" if dry_run else None,
+        )
+
 
 def _load_configuration(kubeconfig: str | None, context: str | None) -> tuple[Any, str]:
     """In-cluster service account when inside a pod (and nothing else was asked), else kubeconfig."""
@@ -161,10 +193,12 @@ def _load_configuration(kubeconfig: str | None, context: str | None) -> tuple[An
                 tried.append(f"in-cluster config ({exc})")
         else:
             tried.append("in-cluster config (KUBERNETES_SERVICE_HOST is not set)")
+    # $KUBECONFIG read now, not when the kubernetes package was imported (its default), so the
+    # file named in messages is the one used; a ':'-separated list is merged as kubectl does
     path = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
     configuration = client.Configuration()
     try:
-        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+        config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
     except (ConfigException, OSError, ValueError, TypeError) as exc:
         where = f"kubeconfig {path}" + (f" context {context!r}" if context else "")
         tried.append(f"{where} ({str(exc).strip() or type(exc).__name__})")
