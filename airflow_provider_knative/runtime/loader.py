@@ -5,17 +5,17 @@ it can run are the ``@task.knative`` functions of the DAGs it loaded, each under
 operator sends (``protocol.function_id(dag_id, task_id)``) and with the source hash the
 operator computes (``protocol.source_hash``), so a stale image is detected, not run.
 
-DAG files are imported the way Airflow's DAG processor does (a unique module name per file,
-the folder on ``sys.path``, ``.airflowignore`` honoured, files that mention neither "dag"
-nor "airflow" skipped as in Airflow's safe mode), so a file behaves here as it does there.
+DAG files are found and imported the way Airflow's DAG processor does: the file listing is
+Airflow's own (``.airflowignore`` in both syntaxes, safe mode), each file gets Airflow's unique
+module name, and the folder is on ``sys.path``; so the runtime and the dag-processor always
+agree on which files exist, and a file behaves here as it does there.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import importlib.machinery
 import importlib.util
+import logging
 import os
 import sys
 import traceback
@@ -26,7 +26,7 @@ from typing import Any
 
 from airflow_provider_knative.functions import DECORATOR_NAME, Function
 
-IGNORE_FILE = ".airflowignore"
+log = logging.getLogger(__name__)
 
 
 _current: Registry | None = None
@@ -60,59 +60,38 @@ class Registry:
     files: list[str] = field(default_factory=list)
 
 
-def _ignore_patterns(folder: Path) -> list[tuple[Path, str]]:
-    """Glob patterns from every ``.airflowignore`` (Airflow's default ``glob`` syntax)."""
-    patterns: list[tuple[Path, str]] = []
-    for ignore in sorted(folder.rglob(IGNORE_FILE)):
-        for line in ignore.read_text().splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                patterns.append((ignore.parent, line))
-    return patterns
-
-
-def _ignored(path: Path, patterns: list[tuple[Path, str]]) -> bool:
-    for base, pattern in patterns:
-        try:
-            rel = path.relative_to(base).as_posix()
-        except ValueError:
-            continue
-        pat = pattern.lstrip("/")
-        parts = rel.split("/")
-        # a pattern matches the file or any folder above it, like gitignore
-        candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        if pattern.startswith("/"):
-            if any(fnmatch.fnmatchcase(c, pat) for c in candidates):
-                return True
-        elif any(fnmatch.fnmatchcase(c, pat) or fnmatch.fnmatchcase(c, "*/" + pat) for c in candidates):
-            return True
-        elif "/" not in pat and any(fnmatch.fnmatchcase(p, pat) for p in parts):
-            return True
-    return False
-
-
 def dag_files(folder: Path) -> list[Path]:
-    """The .py files Airflow would parse in ``folder``, sorted for a stable import order."""
-    patterns = _ignore_patterns(folder)
+    """The .py files Airflow's dag-processor would parse in ``folder``, sorted for a stable order.
+
+    The listing is Airflow's own (``airflow.utils.file.list_py_file_paths``, what the
+    dag-processor calls for a bundle), so ``.airflowignore`` in both syntaxes
+    (``[core] dag_ignore_file_syntax``, negations included), ``[core] dag_discovery_safe_mode``
+    and ``[core] might_contain_dag_callable`` mean here exactly what they mean there. Zip
+    archives, which Airflow also lists, are not served: each is reported once in the log.
+    """
+    from airflow.configuration import conf
+    from airflow.utils.file import list_py_file_paths
+
+    safe_mode = conf.getboolean("core", "dag_discovery_safe_mode", fallback=True)
     found = []
-    for path in sorted(folder.rglob("*.py")):
-        if any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(folder).parts):
+    for name in list_py_file_paths(folder, safe_mode=safe_mode):
+        path = Path(name)
+        if path.suffix != ".py":
+            log.warning(
+                "%s: zipped DAG files are not served by the runtime; its @task.knative functions "
+                "answer 404. Unpack it into the DAG folder of the image",
+                path,
+            )
             continue
-        if _ignored(path, patterns):
-            continue
-        try:
-            head = path.read_bytes().lower()
-        except OSError:
-            continue
-        if b"dag" in head and b"airflow" in head:  # Airflow's safe-mode heuristic
-            found.append(path)
-    return found
+        found.append(path)
+    return sorted(found)
 
 
 def _module_name(path: Path) -> str:
     """The same unique module name Airflow's DAG processor gives a DAG file."""
-    digest = hashlib.sha1(str(path).encode()).hexdigest()
-    return f"unusual_prefix_{digest}_{path.stem}"
+    from airflow.utils.file import get_unique_dag_module_name
+
+    return get_unique_dag_module_name(str(path))
 
 
 def _import_file(path: Path) -> list[Any]:
