@@ -1,19 +1,30 @@
 """The Airflow plugin that mounts the workflow gateway at ``/knative`` in the api-server.
 
-Registered through the ``airflow.plugins`` entry point (pyproject.toml). Every Airflow
-component loads plugins, but only the api-server reads ``fastapi_apps``; so the FastAPI app
-(and the api-server modules it needs) is imported on first access, not when a scheduler or
-a task process imports this module.
+Every Airflow component loads plugins, but only the api-server reads ``fastapi_apps``; so the
+FastAPI app (and the api-server modules it needs) is imported on first access, not when a
+scheduler or a task process imports this module.
+
+Airflow finds the plugin in two places, and it must be registered exactly once:
+
+* the ``airflow.plugins`` entry point (pyproject.toml) names :data:`KnativeGatewayPlugin`;
+  Airflow loads entry points always;
+* provider info (``plugins``) names :class:`GatewayPlugin`; Airflow loads those only with
+  ``[core] lazy_discover_providers = False``.
+
+Both would register the same plugin name, and Airflow reports the second as a plugin import
+error ("already registered"). So the entry point's name resolves to the plugin only when
+Airflow will not load provider plugins, and to None (which Airflow skips silently) otherwise.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from airflow import settings
 from airflow.plugins_manager import AirflowPlugin
 
 
-class KnativeGatewayPlugin(AirflowPlugin):
+class GatewayPlugin(AirflowPlugin):
     """``POST /knative/runWorkflow/{dag_id}`` and ``GET /knative/runs/{dag_id}/{run_id}``."""
 
     name = "knative_gateway"
@@ -23,3 +34,7 @@ class KnativeGatewayPlugin(AirflowPlugin):
         from airflow_provider_knative.gateway.app import describe
 
         return [describe()]
+
+
+#: what the ``airflow.plugins`` entry point loads (see the module docstring)
+KnativeGatewayPlugin: type[GatewayPlugin] | None = GatewayPlugin if settings.LAZY_LOAD_PROVIDERS else None
