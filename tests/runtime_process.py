@@ -9,7 +9,7 @@ Stable API, imported by the runtime, operator and end-to-end tests::
     # leaving the block sends SIGTERM and waits for the process to exit
 
 ``start_runtime(dags_folder, env=None, port=None, *, wait_ready=True, timeout=30.0,
-console_script=False, wrapper=())``
+console_script=False, wrapper=(), extra_args=(), client=None)``
 returns a :class:`RuntimeProcess` (``.url``, ``.port``, ``.proc``, ``.output()``,
 ``.stop()``, ``.terminate()``, ``.wait_for(path)``, and the conveniences ``.functions()``
 and ``.invoke(function_id, *args, **kwargs)``) that is also a context manager. It binds 127.0.0.1 on a free port (or
@@ -45,11 +45,20 @@ __all__ = ["RuntimeProcess", "start_runtime"]
 class RuntimeProcess:
     """A running ``airflow-knative serve``; stop it with :meth:`stop` or a ``with`` block."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        port: int,
+        log_path: Path,
+        scheme: str = "http",
+        client: Mapping[str, Any] | None = None,
+    ) -> None:
         self.proc = proc
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{scheme}://127.0.0.1:{port}"
         self.log_path = log_path
+        #: httpx.Client options for the health checks (verify=, cert= for a TLS runtime)
+        self.client = dict(client or {})
         self._final_output: str | None = None
 
     def output(self) -> str:
@@ -65,7 +74,7 @@ class RuntimeProcess:
         """Poll ``GET path`` until it answers ``status``; raise with the output if it never does."""
         deadline = time.monotonic() + timeout
         last = "no answer"
-        with httpx.Client(timeout=2.0) as client:
+        with httpx.Client(timeout=2.0, **self.client) as client:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(
@@ -166,6 +175,8 @@ def start_runtime(
     timeout: float = 30.0,
     console_script: bool = False,
     wrapper: Sequence[str] = (),
+    extra_args: Sequence[str] = (),
+    client: Mapping[str, Any] | None = None,
 ) -> RuntimeProcess:
     """Start ``serve --dags-folder DIR --host 127.0.0.1 --port P`` and wait for it.
 
@@ -173,7 +184,9 @@ def start_runtime(
     ``serve`` subcommand, without importing the other subsystems' CLI modules); with
     ``console_script=True`` through the installed ``airflow-knative serve``. ``wrapper`` is a
     command that execs the runtime's command line given as its last arguments (for example
-    one that changes the process's mount namespace first).
+    one that changes the process's mount namespace first). ``extra_args`` go after the
+    command line (``--ssl-certfile`` ... makes ``.url`` https), ``client`` are the httpx.Client
+    options the readiness wait needs to reach it (``verify=``, ``cert=``).
     """
     port = port or free_port()
     full_env = {**os.environ, **(env or {})}
@@ -191,13 +204,15 @@ def start_runtime(
                 "127.0.0.1",
                 "--port",
                 str(port),
+                *extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=full_env,
         )
-    runtime = RuntimeProcess(proc, port, log_path)
+    scheme = "https" if "--ssl-certfile" in extra_args else "http"
+    runtime = RuntimeProcess(proc, port, log_path, scheme, client)
     try:
         runtime.wait_for("/readyz" if wait_ready else "/healthz", timeout=timeout)
     except BaseException:

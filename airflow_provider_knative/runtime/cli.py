@@ -40,16 +40,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--port", type=int, default=None, help=f"port to listen on (default $PORT, else {DEFAULT_PORT})"
     )
+    tls = parser.add_argument_group(
+        "TLS", "serve HTTPS instead of HTTP (Knative usually terminates TLS itself: only for direct access)"
+    )
+    tls.add_argument("--ssl-certfile", default=None, help="PEM certificate (chain) of the server")
+    tls.add_argument("--ssl-keyfile", default=None, help="PEM private key of --ssl-certfile")
+    tls.add_argument(
+        "--ssl-ca-certs",
+        default=None,
+        help="PEM bundle of CAs: when given, every client must present a certificate they signed (mutual TLS)",
+    )
     parser.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from airflow_provider_knative.errors import ConfigError
-    from airflow_provider_knative.runtime.server import serve
+    from airflow_provider_knative.runtime.server import TLS, serve
 
     port = args.port if args.port is not None else _default_port()
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        print(
+            "airflow-knative serve: --ssl-certfile and --ssl-keyfile go together; give both", file=sys.stderr
+        )
+        return 2
+    if args.ssl_ca_certs and not args.ssl_certfile:
+        print("airflow-knative serve: --ssl-ca-certs needs --ssl-certfile and --ssl-keyfile", file=sys.stderr)
+        return 2
+    for path in (args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certs):
+        if path and not os.path.isfile(path):
+            print(f"airflow-knative serve: {path} is not a readable file", file=sys.stderr)
+            return 2
+    tls = TLS(args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certs) if args.ssl_certfile else None
     try:
-        return serve(args.dags_folder, args.host, port)
+        return serve(args.dags_folder, args.host, port, tls=tls)
     except ConfigError as exc:
         print(f"airflow-knative serve: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -218,7 +219,24 @@ def check_signing(secret: bytes | None, host: str) -> None:
     )
 
 
-def serve(dags_folder: str, host: str, port: int) -> int:
+@dataclass(frozen=True)
+class TLS:
+    """HTTPS for the runtime: its certificate and key, and optionally the CAs of client certificates."""
+
+    certfile: str
+    keyfile: str
+    client_ca: str | None = None
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        import ssl
+
+        options: dict[str, Any] = {"ssl_certfile": self.certfile, "ssl_keyfile": self.keyfile}
+        if self.client_ca:
+            options.update(ssl_ca_certs=self.client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+        return options
+
+
+def serve(dags_folder: str, host: str, port: int, tls: TLS | None = None) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit code."""
     t0 = _process_start()
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
@@ -249,7 +267,8 @@ def serve(dags_folder: str, host: str, port: int) -> int:
     def started() -> None:
         state.timings["server_up_s"] = round(time.time() - t0, 3)
         log.info(
-            "listening on http://%s:%d (%d workers, %s isolation); importing %s",
+            "listening on %s://%s:%d (%d workers, %s isolation); importing %s",
+            "https" if tls else "http",
             host,
             port,
             workers,
@@ -268,6 +287,7 @@ def serve(dags_folder: str, host: str, port: int) -> int:
         timeout_graceful_shutdown=max(1, round(drain)),
         server_header=False,
         http=GuardedHttpToolsProtocol,
+        **(tls.uvicorn_options() if tls else {}),
     )
     server = _Server(uv_config, app, drain, started)
     try:
