@@ -118,9 +118,11 @@ OPTIONS: dict[str, Option] = {
         Option(
             "default_deferrable",
             bool,
-            False,
-            "Default for deferrable= on KnativeOperator and @task.knative: the HTTP call runs "
-            "in the triggerer and no worker slot is held while the function runs.",
+            None,
+            "Default for deferrable= on KnativeOperator and @task.knative (true: the HTTP call "
+            "runs in the triggerer and no worker slot is held while the function runs). Empty "
+            "means Airflow's own [operators] default_deferrable decides, as for other deferrable "
+            "operators; set, it wins over that for Knative tasks only.",
         ),
         Option("connect_timeout_seconds", float, 10.0, "TCP connect timeout of one HTTP attempt."),
         Option(
@@ -314,7 +316,7 @@ def provider_config_section() -> dict[str, Any]:
     options = {}
     for option in OPTIONS.values():
         type_name = {str: "string", int: "integer", float: "float", bool: "boolean"}[option.type]
-        shown_default = "" if option.key == "xcom_store_url" else option.default
+        shown_default = "" if option.key == "xcom_store_url" or option.default is None else option.default
         options[option.key] = {
             "description": option.description,
             "version_added": "0.1.0",

@@ -6,8 +6,10 @@ Airflow itself is importing) and the triggerer both use it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_knative import config
@@ -24,6 +26,10 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
         "password": "shared HMAC secret, same as the runtime's [knative] signing_secret",
     },
 }
+
+#: the environment variables that name a CA bundle, in the order they are honoured (requests reads
+#: the first, OpenSSL and httpx the second); proxies from the environment stay off
+CA_BUNDLE_ENV = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 
 #: connection extra field -> [knative] option it overrides
 _EXTRA_OPTIONS = {
@@ -67,8 +73,76 @@ def connection_type_info() -> dict[str, Any]:
                 "description": "How long connection errors and 502/503/504 (cold start) are retried.",
                 "schema": number,
             },
+            "headers": {
+                "label": "Extra headers (JSON)",
+                "description": 'Sent on every call, e.g. {"Host": "svc.ns.example.com"} for a Knative ingress.',
+                "schema": {"type": ["string", "null"]},
+            },
+            "verify": {
+                "label": "Verify TLS certificates",
+                "description": "Off only for testing: the server's certificate is then not checked.",
+                "schema": {"type": ["boolean", "null"]},
+            },
+            "ca_bundle": {
+                "label": "CA bundle path",
+                "description": "PEM file of the CAs that sign the service's certificate "
+                "(default: $REQUESTS_CA_BUNDLE, $SSL_CERT_FILE, else the system's).",
+                "schema": {"type": ["string", "null"]},
+            },
+            "client_cert": {
+                "label": "Client certificate path",
+                "description": "PEM certificate (optionally with its key) presented for mutual TLS.",
+                "schema": {"type": ["string", "null"]},
+            },
+            "client_key": {
+                "label": "Client key path",
+                "description": "PEM private key of the client certificate, when it is a separate file.",
+                "schema": {"type": ["string", "null"]},
+            },
+            "test_service": {
+                "label": "Service for the Test button",
+                "description": "Service name put into a URL template with {service} when the connection is tested.",
+                "schema": {"type": ["string", "null"]},
+            },
         },
     }
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """How HTTPS calls check the server and present a client certificate.
+
+    ``verify`` is True (the system's CAs), False (no check: testing only) or the path of a CA
+    bundle; ``cert`` is None, a PEM file holding certificate and key, or (certificate, key).
+    Where they come from, first match wins: the connection's ``verify``/``ca_bundle`` extras,
+    then ``$REQUESTS_CA_BUNDLE`` and ``$SSL_CERT_FILE``, then the system's default.
+    """
+
+    verify: bool | str = True
+    cert: str | tuple[str, str] | None = None
+
+    def requests_kwargs(self) -> dict[str, Any]:
+        """``verify=``/``cert=`` for one ``requests`` call."""
+        return {"verify": self.verify, "cert": self.cert}
+
+    def ssl_context(self) -> Any:
+        """An ``ssl.SSLContext`` with the same rules, for httpx (which takes nothing else)."""
+        import ssl
+
+        if self.verify is False:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        elif isinstance(self.verify, str):
+            context = ssl.create_default_context(cafile=self.verify)
+        else:
+            import certifi  # what requests and httpx trust by default
+
+            context = ssl.create_default_context(cafile=certifi.where())
+        if self.cert is not None:
+            certfile, keyfile = self.cert if isinstance(self.cert, tuple) else (self.cert, None)
+            context.load_cert_chain(certfile, keyfile)
+        return context
 
 
 @dataclass(frozen=True)
@@ -79,6 +153,9 @@ class ServiceSettings:
     namespace: str
     secret: bytes | None
     timeouts: Timeouts
+    headers: Mapping[str, str] = field(default_factory=dict)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    test_service: str = ""
 
 
 def settings_from(connection: Any | None) -> ServiceSettings:
@@ -105,6 +182,12 @@ def settings_from(connection: Any | None) -> ServiceSettings:
                 f"connection extra {field!r} must be {option.type.__name__}, got {value!r}"
             ) from None
 
+    def text(name: str) -> str:
+        value = extra.get(name)
+        if value in (None, ""):
+            value = extra.get(f"extra__{CONN_TYPE}__{name}")
+        return "" if value is None else str(value).strip()
+
     secret = password.encode() if password else config.signing_secret()
     return ServiceSettings(
         url_template=host or config.get("url_template"),
@@ -115,4 +198,74 @@ def settings_from(connection: Any | None) -> ServiceSettings:
             read=pick("invoke_timeout_seconds"),
             startup_deadline=pick("startup_deadline_seconds"),
         ),
+        headers=_headers(extra.get("headers")),
+        tls=_tls(extra, text),
+        test_service=text("test_service"),
     )
+
+
+def _headers(value: Any) -> dict[str, str]:
+    """The ``headers`` extra: a JSON object (or its text, as the form stores it) of str values."""
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise config.ConfigError(
+                f'connection extra "headers" must be a JSON object such as {{"Host": "svc.example.com"}}: {exc}'
+            ) from None
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise config.ConfigError(
+            f'connection extra "headers" must be a JSON object of header names to values, got {value!r}'
+        )
+    return {k: str(v) for k, v in value.items()}
+
+
+def _flag(value: Any) -> bool | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    return None  # not a flag: a path (the requests convention verify="/path/ca.pem")
+
+
+def _existing_file(what: str, path: str) -> str:
+    if not os.path.isfile(path):
+        raise config.ConfigError(f"{what} {path!r} is not a readable file; fix the path or unset it")
+    return path
+
+
+def _tls(extra: Mapping[str, Any], text: Callable[[str], str]) -> TLSSettings:
+    """TLS settings from the connection's extras, then the CA bundle environment variables."""
+    verify: bool | str = True
+    raw_verify = extra.get("verify", extra.get(f"extra__{CONN_TYPE}__verify"))
+    flag = _flag(raw_verify)
+    ca_bundle = text("ca_bundle")
+    if flag is None and raw_verify not in (None, ""):
+        ca_bundle = ca_bundle or str(raw_verify).strip()  # verify="/path/ca.pem", as in requests
+    if flag is False:
+        verify = False
+    elif ca_bundle:
+        verify = _existing_file('connection extra "ca_bundle"', ca_bundle)
+    else:
+        for name in CA_BUNDLE_ENV:
+            path = os.environ.get(name, "").strip()
+            if path:
+                verify = _existing_file(f"${name}", path)
+                break
+    cert_path, key_path = text("client_cert"), text("client_key")
+    cert: str | tuple[str, str] | None = None
+    if cert_path:
+        cert_path = _existing_file('connection extra "client_cert"', cert_path)
+        cert = (
+            (cert_path, _existing_file('connection extra "client_key"', key_path)) if key_path else cert_path
+        )
+    elif key_path:
+        raise config.ConfigError('connection extra "client_key" is set without "client_cert"; set both')
+    return TLSSettings(verify=verify, cert=cert)

@@ -168,6 +168,7 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
             url=self.base_url() + protocol.INVOKE_PATH,
             body=self._encode(invocation),
             invocation_id=invocation.invocation_id,
+            headers_extra=self.request_headers(),
         )
 
     def read_response(self, response: Response, url: str, context: Any) -> Any:

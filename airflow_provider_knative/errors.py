@@ -120,6 +120,15 @@ class OutcomeUnknownError(InvocationError):
     say whether it ran: the try fails rather than risk running it twice."""
 
 
+class TLSError(InvocationError):
+    """The TLS handshake with the service failed (an untrusted certificate, a client certificate
+    refused): not retried, since the next attempt would fail the same way."""
+
+
+class ResponseCheckFailed(InvocationError):
+    """The task's ``response_check`` returned False for the service's answer."""
+
+
 class InvocationCancelled(InvocationError):
     """``on_kill`` (or the executor) abandoned the call."""
 

@@ -34,7 +34,9 @@ from airflow_provider_knative.errors import (
     ClusterError,
     InvocationCancelled,
     InvocationError,
+    KnativeError,
     NoServiceURLError,
+    TLSError,
 )
 from airflow_provider_knative.invoker import (
     FailureKind,
@@ -248,6 +250,49 @@ class KnativeHook(BaseHook):
         name = service_name(service)
         return url_from_template(settings.url_template, name, ns) or discover_url(name, ns)
 
+    # ------------------------------------------------------------------ the UI's Test button
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Ask the runtime the connection points at whether it is ready (``GET /readyz``).
+
+        The URL is the connection's: a fixed URL as it is, a template with ``{service}`` (or
+        ``discover``) filled in with the ``test_service`` extra. Headers and TLS settings apply
+        as on a real call. Returns ``(ok, message)``; the message says what answered, or what
+        to fix.
+        """
+        try:
+            settings = self.settings
+            template = settings.url_template.strip()
+            needs_service = "{service}" in template or template.lower() == DISCOVER or not template
+            if needs_service and not settings.test_service:
+                return False, (
+                    f"the URL template {template!r} needs a service name: set the connection's "
+                    f"'test_service' extra (Service for the Test button) to one of your Knative "
+                    f"Services, or use a fixed URL"
+                )
+            base = self.resolve_url(settings.test_service or "connection-test", settings.namespace)
+        except KnativeError as exc:
+            return False, str(exc)
+        url = f"{base}{READY_PATH}"
+        timeouts = settings.timeouts
+        try:
+            raw = http_session().get(
+                url,
+                headers=dict(settings.headers),
+                timeout=(timeouts.connect, min(TEST_READ_TIMEOUT_SECONDS, timeouts.read)),
+                **settings.tls.requests_kwargs(),
+            )
+        except requests.RequestException as exc:
+            try:
+                _raise_if_tls(url, exc)
+            except TLSError as tls:
+                return False, str(tls)
+            return False, (
+                f"cannot reach {url}: {type(exc).__name__}: {_short(exc)}. Check the connection's URL "
+                f"template, that the service exists (airflow-knative status), and the network path"
+            )
+        return _readiness(url, raw.status_code, raw.headers.get("Content-Type", ""), raw.content)
+
     # ------------------------------------------------------------------ the call, sync and async
     # Both loops only drive invoker.call_flow, which makes every decision; they differ in the
     # HTTP library and in how they wait.
@@ -276,7 +321,7 @@ class KnativeHook(BaseHook):
                     self._check_cancelled(request)
                 outcome = None
             else:
-                outcome = self._send(step, settings.secret, timeouts)
+                outcome = self._send(step, settings, timeouts)
 
     async def ainvoke(
         self, request: Request, timeouts: Timeouts | None = None, *, idempotent: bool = False
@@ -289,7 +334,10 @@ class KnativeHook(BaseHook):
         flow = call_flow(request, timeouts, idempotent=idempotent)
         outcome: Outcome = None
         limits = httpx.Timeout(timeouts.read, connect=timeouts.connect)
-        async with httpx.AsyncClient(timeout=limits, trust_env=False) as client:
+        # no proxies from the environment (in-cluster and loopback addresses); CA bundles from it
+        # are honoured through settings.tls
+        verify = await asyncio.to_thread(settings.tls.ssl_context)
+        async with httpx.AsyncClient(timeout=limits, trust_env=False, verify=verify) as client:
             while True:
                 try:
                     step = flow.send(outcome)
@@ -300,9 +348,9 @@ class KnativeHook(BaseHook):
                     await asyncio.sleep(step.seconds)
                     outcome = None
                 else:
-                    outcome = await self._asend(client, step, settings.secret)
+                    outcome = await self._asend(client, step, settings)
 
-    def _send(self, step: Send, secret: bytes | None, timeouts: Timeouts) -> Response | TransportFailure:
+    def _send(self, step: Send, settings: ServiceSettings, timeouts: Timeouts) -> Response | TransportFailure:
         request = step.request
         token = _call_connections.set(self._connections)
         try:
@@ -310,31 +358,37 @@ class KnativeHook(BaseHook):
                 request.method,
                 request.url,
                 data=request.body,
-                headers=request.headers(secret),
+                headers={**settings.headers, **request.headers(settings.secret)},
                 timeout=(timeouts.connect, timeouts.read),
+                **settings.tls.requests_kwargs(),
             )
             return Response(raw.status_code, raw.headers.get("Content-Type", ""), raw.content)
         except requests.RequestException as exc:
             self._check_cancelled(request)
             if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
                 raise InvocationError(f"{request.url}: {type(exc).__name__}: {_short(exc)}") from None
+            _raise_if_tls(request.url, exc)
             return _requests_failure(exc)
         finally:
             _call_connections.reset(token)
             self._connections.clear()
 
     @staticmethod
-    async def _asend(client: Any, step: Send, secret: bytes | None) -> Response | TransportFailure:
+    async def _asend(client: Any, step: Send, settings: ServiceSettings) -> Response | TransportFailure:
         import httpx
 
         request = step.request
         try:
             answer = await client.request(
-                request.method, request.url, content=request.body, headers=request.headers(secret)
+                request.method,
+                request.url,
+                content=request.body,
+                headers={**settings.headers, **request.headers(settings.secret)},
             )
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise InvocationError(f"{request.url}: {type(exc).__name__}: {_short(exc)}") from None
         except httpx.TransportError as exc:
+            _raise_if_tls(request.url, exc)
             return _httpx_failure(exc)
         return Response(answer.status_code, answer.headers.get("content-type", ""), answer.content)
 
@@ -351,6 +405,73 @@ class KnativeHook(BaseHook):
         self._cancelled.set()
         for connection in list(self._connections):
             _shutdown(connection)
+
+
+#: the runtime's readiness endpoint, which the Test button calls
+READY_PATH = "/readyz"
+#: how long the Test button waits for the answer (a cold Knative Service may be scaling up)
+TEST_READ_TIMEOUT_SECONDS = 30.0
+
+
+def _readiness(url: str, status: int, content_type: str, body: bytes) -> tuple[bool, str]:
+    """The Test button's verdict on the runtime's ``/readyz`` answer."""
+    import json
+
+    data: Any = None
+    if content_type.split(";")[0].strip().lower() == "application/json":
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+    if not isinstance(data, dict):
+        return False, (
+            f"{url} answered HTTP {status} ({content_type or 'no content type'}): "
+            f"{body[:300].decode('utf-8', 'replace') or '(empty)'}; this is not an airflow-knative runtime "
+            f"(airflow-knative serve answers JSON there). Check the URL template and the headers extra"
+        )
+    if status == 200 and data.get("status") == "ready":
+        return True, f"{url}: the runtime is ready, serving {data.get('functions', '?')} function(s)"
+    errors = "; ".join(f"{e.get('file')}: {e.get('error')}" for e in data.get("import_errors") or [])
+    return False, (
+        f"{url} answered HTTP {status}: the runtime is not ready ({data.get('reason', data)})"
+        + (f"; import errors: {errors}" if errors else "")
+    )
+
+
+def _ssl_error(exc: BaseException) -> BaseException | None:
+    """The TLS handshake error somewhere in an exception's chain (causes, contexts, wrapped args).
+
+    A connection that merely ends (``SSLEOFError``, ``SSLZeroReturnError``, a syscall error) is
+    not one: over TLS that is how a pod dying mid-call looks, and the retry rules handle it.
+    """
+    import ssl
+
+    ended = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ssl.SSLError) and not isinstance(item, ended):
+            return item
+        stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None), *item.args])
+    return None
+
+
+def _raise_if_tls(url: str, exc: BaseException) -> None:
+    """A TLS failure is final (the next attempt fails alike): raise it with what to fix."""
+    cause = _ssl_error(exc)
+    if cause is None:
+        return
+    raise TLSError(
+        f"{url}: TLS handshake failed ({type(cause).__name__}: {_short(cause)}). If the service's "
+        f"certificate is signed by a private CA, give that CA's PEM bundle in the 'knative' "
+        f"connection's ca_bundle extra (or $REQUESTS_CA_BUNDLE / $SSL_CERT_FILE); if it asks for a "
+        f"client certificate, set the client_cert and client_key extras"
+    ) from None
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:

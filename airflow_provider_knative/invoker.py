@@ -115,9 +115,27 @@ def _path_of(url: str) -> str:
 
 @dataclass
 class Response:
+    """A final HTTP answer. ``status_code``, ``content``, ``text`` and ``json()`` read as on a
+    ``requests.Response``, so an ``HttpOperator``-style ``response_check`` works unchanged."""
+
     status: int
     content_type: str
     body: bytes
+
+    @property
+    def status_code(self) -> int:
+        return self.status
+
+    @property
+    def content(self) -> bytes:
+        return self.body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
 
 
 class FailureKind(enum.Enum):

@@ -13,7 +13,7 @@ builds a different request and reads a different answer by overriding ``build_re
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import Any
@@ -22,7 +22,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_knative import config, spill
-from airflow_provider_knative.errors import KnativeError
+from airflow_provider_knative.errors import KnativeError, ResponseCheckFailed
 from airflow_provider_knative.hooks import KnativeHook
 from airflow_provider_knative.invoker import (
     Request,
@@ -35,6 +35,18 @@ from airflow_provider_knative.invoker import (
 DEFAULT_CONN_ID = KnativeHook.default_conn_name
 #: HTTP methods that may be sent twice by their definition (RFC 9110, section 9.2.2)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+
+def default_deferrable() -> bool:
+    """``deferrable=`` when a task does not say: ``[knative] default_deferrable`` when it is set,
+    else Airflow's own ``[operators] default_deferrable`` (as KubernetesPodOperator and
+    HttpOperator read it), else False."""
+    own = config.get("default_deferrable")
+    if own is not None:
+        return bool(own)
+    from airflow.configuration import conf
+
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 
 @contextlib.contextmanager
@@ -61,8 +73,14 @@ class KnativeOperator(BaseOperator):
     :param method: HTTP method.
     :param path: path appended to the service URL (templated).
     :param content_type: Content-Type for ``payload`` (default by type of payload).
+    :param headers: extra HTTP headers (templated), over the connection's ``headers`` extra; for
+        example ``{"Host": "scorer.prod.example.com"}`` for a Knative ingress.
+    :param response_check: a callable given the final answer (``status_code``, ``text``,
+        ``json()``, ``content``) and, by name, any context values it asks for; returning False
+        fails the task, as on ``HttpOperator``. It runs after error statuses are handled.
     :param knative_conn_id: a ``knative`` connection; a missing one means config only.
-    :param deferrable: run the HTTP call in the triggerer (default ``[knative] default_deferrable``).
+    :param deferrable: run the HTTP call in the triggerer (default: ``[knative] default_deferrable``
+        when set, else ``[operators] default_deferrable``).
     :param connect_timeout: seconds; overrides connection/config.
     :param invoke_timeout: seconds the service may take to answer; overrides connection/config.
     :param startup_deadline: seconds to retry what provably did not reach the service
@@ -73,7 +91,7 @@ class KnativeOperator(BaseOperator):
         (container_concurrency, timeout_seconds, min_scale, max_scale, ...); not used at run time.
     """
 
-    template_fields: Sequence[str] = ("service", "namespace", "url", "payload", "path")
+    template_fields: Sequence[str] = ("service", "namespace", "url", "payload", "path", "headers")
     ui_color = "#e3f1ff"
 
     def __init__(
@@ -93,6 +111,8 @@ class KnativeOperator(BaseOperator):
         invoke_timeout: float | None = None,
         startup_deadline: float | None = None,
         idempotent: bool | None = None,
+        headers: Mapping[str, str] | None = None,
+        response_check: Callable[..., Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -105,7 +125,9 @@ class KnativeOperator(BaseOperator):
         self.method = method.upper()
         self.path = path
         self.content_type = content_type
-        self.deferrable = config.get("default_deferrable") if deferrable is None else bool(deferrable)
+        self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
+        self.headers: Any = {} if headers is None else headers  # checked when rendered (templated)
+        self.response_check = response_check
         self.connect_timeout = connect_timeout
         self.invoke_timeout = invoke_timeout
         self.startup_deadline = startup_deadline
@@ -140,7 +162,21 @@ class KnativeOperator(BaseOperator):
         body, content_type = encode_payload(self.payload, self.content_type)
         path = self.path if self.path.startswith("/") else "/" + self.path
         target = self.base_url() + (path if path != "/" else "")
-        return Request(url=target or "/", body=body, method=self.method, content_type=content_type)
+        return Request(
+            url=target or "/",
+            body=body,
+            method=self.method,
+            content_type=content_type,
+            headers_extra=self.request_headers(),
+        )
+
+    def request_headers(self) -> dict[str, str]:
+        """The task's extra headers (rendered), checked to be names and values of text."""
+        if not isinstance(self.headers, Mapping):
+            raise TypeError(
+                f"{self.task_id}: headers= must be a mapping of names to values, got {self.headers!r}"
+            )
+        return {str(k): str(v) for k, v in self.headers.items()}
 
     def read_response(self, response: Response, url: str, context: Any) -> Any:
         """What the task returns for the final answer: parsed JSON, text or bytes."""
@@ -159,7 +195,21 @@ class KnativeOperator(BaseOperator):
             self.log.info(
                 "%s answered HTTP %d with %d bytes", request.url, response.status, len(response.body)
             )
-            return self.read_response(response, request.url, context)
+            return self.answer(response, request.url, context)
+
+    def answer(self, response: Response, url: str, context: Any) -> Any:
+        """The task's result for the final answer, sync or deferred: read, then ``response_check``."""
+        value = self.read_response(response, url, context)
+        if self.response_check is not None:
+            from airflow.sdk.bases.decorator import determine_kwargs
+
+            kwargs = determine_kwargs(self.response_check, [response], context or {})
+            if not self.response_check(response, **kwargs):
+                raise ResponseCheckFailed(
+                    f"response_check returned False for the answer of {url} (HTTP {response.status}, "
+                    f"{len(response.body)} bytes): {response.body[:300].decode('utf-8', 'replace')}"
+                )
+        return value
 
     @staticmethod
     def _owner(context: Any) -> spill.Owner:
@@ -210,7 +260,7 @@ class KnativeOperator(BaseOperator):
         with airflow_errors(self.task_id):
             body = spill.unpack_bytes(event["body"])
             response = Response(int(event["http_status"]), str(event.get("content_type", "")), body)
-            return self.read_response(response, str(event.get("url", self.service or self.url)), context)
+            return self.answer(response, str(event.get("url", self.service or self.url)), context)
 
     def on_kill(self) -> None:
         """Abandon the call: no further attempts, the in-flight response is closed."""
