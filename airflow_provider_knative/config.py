@@ -71,6 +71,17 @@ OPTIONS: dict[str, Option] = {
         ),
         Option("s3_region_name", str, "", "Region for the S3 client. Empty means boto3's default chain."),
         Option(
+            "aws_conn_id",
+            str,
+            "",
+            "An Airflow connection (type aws) whose credentials, endpoint_url and region_name the "
+            "object store uses; through the amazon provider's AwsBaseHook when it is installed "
+            "(role assumption and all), else from the connection's login, password and extras. "
+            "Empty means boto3's default chain (environment, profile, IRSA). s3_endpoint_url and "
+            "s3_region_name, when set, win over the connection's.",
+            example="aws_default",
+        ),
+        Option(
             "transfer_concurrency",
             int,
             8,

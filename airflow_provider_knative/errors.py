@@ -76,6 +76,10 @@ class ObjectCorruptError(StoreError):
     """The object's size or checksum differs from what its reference recorded."""
 
 
+class TruncatedReadError(StoreError):
+    """An object's download ended before its last byte (the part is asked for again)."""
+
+
 class SpilledValueError(StoreError):
     """A stored XCom value cannot be turned back into the value: missing, unreadable or corrupt."""
 

@@ -21,7 +21,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_knative import config, spill
+from airflow_provider_knative import aws, config, spill
 from airflow_provider_knative.errors import KnativeError, ResponseCheckFailed
 from airflow_provider_knative.hooks import KnativeHook
 from airflow_provider_knative.invoker import (
@@ -33,6 +33,7 @@ from airflow_provider_knative.invoker import (
 )
 
 DEFAULT_CONN_ID = KnativeHook.default_conn_name
+aws.install()  # deferred bodies go through the store: [knative] aws_conn_id applies
 #: HTTP methods that may be sent twice by their definition (RFC 9110, section 9.2.2)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 

@@ -16,9 +16,10 @@ import posixpath
 import queue
 import tempfile
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from airflow_provider_knative import config
-from airflow_provider_knative.errors import ObjectCorruptError, ObjectMissingError, StoreError
+from airflow_provider_knative.errors import (
+    ObjectCorruptError,
+    ObjectMissingError,
+    StoreError,
+    TruncatedReadError,
+)
 
 __all__ = [
     "SUFFIX",
@@ -363,6 +369,46 @@ class FileStore(ObjectStore):
 # --------------------------------------------------------------------------------------
 
 
+#: Returns the boto3 Session S3 clients are made from, and the endpoint URL and region its
+#: source names (or None), for an Airflow connection id. Installed by the Airflow side
+#: (``airflow_provider_knative.aws``): this module stays free of Airflow.
+CredentialsProvider = Callable[[str], tuple[Any, str | None, str | None]]
+_credentials_provider: CredentialsProvider | None = None
+
+
+def use_credentials_provider(provider: CredentialsProvider) -> None:
+    """Let ``[knative] aws_conn_id`` name an Airflow connection (see ``airflow_provider_knative.aws``)."""
+    global _credentials_provider
+    _credentials_provider = provider
+
+
+def _session_for(aws_conn_id: str) -> tuple[Any, str | None, str | None]:
+    """The boto3 Session (and the connection's endpoint and region) for S3 clients."""
+    import boto3
+
+    if not aws_conn_id:
+        return boto3.session.Session(), None, None  # boto3's default chain
+    if _credentials_provider is None:
+        raise StoreError(
+            f"[knative] aws_conn_id is {aws_conn_id!r}, but this process cannot read Airflow "
+            "connections; unset it here to use boto3's default chain (environment, profile, IRSA)"
+        )
+    return _credentials_provider(aws_conn_id)
+
+
+#: attempts for one part of a ranged download whose connection breaks mid-body
+PART_ATTEMPTS = 4
+PART_RETRY_BASE_SECONDS = 0.2
+
+
+def _part_retryable(exc: BaseException) -> bool:
+    """A part that failed on the wire (cut, reset, timed out), not a refusal (4xx) or our bug."""
+    from botocore.exceptions import HTTPClientError, IncompleteReadError
+    from urllib3.exceptions import HTTPError
+
+    return isinstance(exc, (TruncatedReadError, HTTPClientError, IncompleteReadError, HTTPError, OSError))
+
+
 class _ChunkReader:
     """A read-only file over an iterator of chunks, for boto3's multipart upload.
 
@@ -414,10 +460,12 @@ class S3Store(ObjectStore):
         concurrency: int | None = None,
         chunk_bytes: int | None = None,
         client: Any = None,
+        aws_conn_id: str | None = None,
     ) -> None:
         parts = urlsplit(url)
         if not parts.netloc:
             raise StoreError(f"S3 store URL {url} names no bucket; use s3://bucket/prefix")
+        self.aws_conn_id = aws_conn_id if aws_conn_id is not None else config.get("aws_conn_id")
         self.bucket = parts.netloc
         self.prefix = parts.path.strip("/")
         self.root_url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -434,10 +482,13 @@ class S3Store(ObjectStore):
     def client(self) -> Any:
         with self._lock:
             if self._client is None:
-                import boto3
                 from botocore.config import Config
 
-                self._client = boto3.session.Session().client(
+                # [knative] s3_endpoint_url / s3_region_name, when set, win over the connection's
+                session, endpoint, region = _session_for(self.aws_conn_id)
+                self.endpoint_url = self.endpoint_url or endpoint
+                self.region_name = self.region_name or region
+                self._client = session.client(
                     "s3",
                     endpoint_url=self.endpoint_url,
                     region_name=self.region_name,
@@ -455,9 +506,14 @@ class S3Store(ObjectStore):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _error(self, action: str, url: str, exc: Exception) -> StoreError:
-        from botocore.exceptions import ClientError, EndpointConnectionError
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
         where = f" (endpoint {self.endpoint_url})" if self.endpoint_url else ""
+        if isinstance(exc, NoCredentialsError):
+            return StoreError(
+                f"cannot {action} {url}: no AWS credentials{where}: set [knative] aws_conn_id to an Airflow "
+                "aws connection, or give boto3's default chain some (environment, profile, IRSA)"
+            )
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("404", "NotFound") and self._bucket_missing():
@@ -532,21 +588,32 @@ class S3Store(ObjectStore):
 
             def fetch(span: tuple[int, int]) -> tuple[int, int]:
                 start, end = span
-                resp = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")
-                body = resp["Body"]
                 pos = start
-                try:
-                    while pos < end:
-                        piece = body.read(min(1024 * 1024, end - pos))
-                        if not piece:
-                            raise StoreError(f"{url} ended early at byte {pos} of {size}")
-                        view[pos : pos + len(piece)] = piece
-                        if single and hasher is not None:  # one stream: hash as it arrives
-                            hasher.update(view[pos : pos + len(piece)])
-                        pos += len(piece)
-                finally:
-                    body.close()
-                return span
+                # a part whose connection breaks mid-body is asked for again from the first
+                # missing byte (bytes already in place, and already hashed, are kept)
+                for attempt in range(1, PART_ATTEMPTS + 1):
+                    try:
+                        resp = self.client.get_object(
+                            Bucket=self.bucket, Key=key, Range=f"bytes={pos}-{end - 1}"
+                        )
+                        body = resp["Body"]
+                        try:
+                            while pos < end:
+                                piece = body.read(min(1024 * 1024, end - pos))
+                                if not piece:
+                                    raise TruncatedReadError(f"{url} ended early at byte {pos} of {size}")
+                                view[pos : pos + len(piece)] = piece
+                                if single and hasher is not None:  # one stream: hash as it arrives
+                                    hasher.update(view[pos : pos + len(piece)])
+                                pos += len(piece)
+                        finally:
+                            body.close()
+                        return span
+                    except Exception as exc:
+                        if attempt == PART_ATTEMPTS or not _part_retryable(exc):
+                            raise
+                        time.sleep(PART_RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+                raise AssertionError("unreachable")  # pragma: no cover
 
             if single:
                 done: Iterable[tuple[int, int]] = map(fetch, ranges)
@@ -606,7 +673,9 @@ class S3Store(ObjectStore):
 
 def open_store(url: str | None = None) -> ObjectStore:
     """The store at ``url`` (default: ``[knative] xcom_store_url``), one instance per process."""
-    return _open(url or config.get("xcom_store_url"), config.get("s3_endpoint_url") or None)
+    return _open(
+        url or config.get("xcom_store_url"), config.get("s3_endpoint_url") or None, config.get("aws_conn_id")
+    )
 
 
 def forget_stores() -> None:
@@ -615,12 +684,12 @@ def forget_stores() -> None:
 
 
 @functools.cache
-def _open(url: str, endpoint: str | None) -> ObjectStore:
+def _open(url: str, endpoint: str | None, aws_conn_id: str = "") -> ObjectStore:
     scheme = urlsplit(url).scheme
     if scheme == "file":
         return FileStore(url)
     if scheme == "s3":
-        return S3Store(url, endpoint_url=endpoint)
+        return S3Store(url, endpoint_url=endpoint, aws_conn_id=aws_conn_id)
     raise config.ConfigError(
         f"[knative] xcom_store_url (env AIRFLOW__KNATIVE__XCOM_STORE_URL) must start with s3:// or "
         f"file://, got {url!r}"

@@ -21,10 +21,12 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_knative import spill
+from airflow_provider_knative import aws, spill
 from airflow_provider_knative.errors import KnativeError
 from airflow_provider_knative.hooks import KnativeHook
 from airflow_provider_knative.invoker import Request, Timeouts
+
+aws.install()  # the triggerer reads and writes bodies in the store: [knative] aws_conn_id applies
 
 
 class KnativeInvocationTrigger(BaseTrigger):

@@ -40,7 +40,7 @@ from typing import Any
 import msgspec
 from airflow.sdk.bases.xcom import BaseXCom
 
-from airflow_provider_knative import codec, config
+from airflow_provider_knative import aws, codec, config
 from airflow_provider_knative.codec import ObjectRef
 from airflow_provider_knative.errors import SpilledValueError, StoreError
 from airflow_provider_knative.spill import Owner, encode_or_spill, load_ref, resolve_refs
@@ -48,6 +48,7 @@ from airflow_provider_knative.store import open_store
 from airflow_provider_knative.walk import leaves
 
 log = logging.getLogger(__name__)
+aws.install()  # [knative] aws_conn_id: the store's S3 credentials from an Airflow connection
 
 MARKER = "__knative_xcom__"
 MARKER_VERSION = 1

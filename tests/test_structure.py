@@ -34,6 +34,7 @@ AIRFLOW_FACING = [
     "connection",
     "provider_info",
     "airflow_compat",
+    "aws",
 ]
 #: the wire and data layer: imported by the runtime image and by Airflow alike
 DATA_LAYER = ["errors", "codec", "protocol", "store", "spill", "walk", "invoker", "functions", "config"]

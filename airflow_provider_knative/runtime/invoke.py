@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_knative import codec, functions, protocol
+from airflow_provider_knative import aws, codec, functions, protocol
 from airflow_provider_knative.errors import (
     ArgumentMismatch,
     KnativeError,
@@ -44,6 +44,8 @@ from airflow_provider_knative.errors import (
 from airflow_provider_knative.functions import Function, FunctionInfo
 from airflow_provider_knative.runtime import logs
 from airflow_provider_knative.runtime.ledger import Entry, Ledger
+
+aws.install()  # [knative] aws_conn_id: an Airflow connection (e.g. AIRFLOW_CONN_... from a Secret) for S3
 
 #: module names the loader gives DAG files (as Airflow does): unusual_prefix_<sha1>_<stem>
 _GENERATED_MODULE = re.compile(r"unusual_prefix_[0-9a-f]{40}_\w+?\.")
