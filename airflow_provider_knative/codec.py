@@ -88,9 +88,14 @@ class ObjectRef:
     size: int
     sha256: str
     summary: str = ""
+    #: a short human preview of the value (the first rows or items), made where it was spilled
+    preview: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"url": self.url, "size": self.size, "sha256": self.sha256, "summary": self.summary}
+        data = {"url": self.url, "size": self.size, "sha256": self.sha256, "summary": self.summary}
+        if self.preview:  # absent when empty: older readers never see a key they do not know
+            data["preview"] = self.preview
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> ObjectRef:
@@ -101,6 +106,7 @@ class ObjectRef:
         except KeyError as exc:
             raise CodecError(f"object reference lacks {exc.args[0]!r}") from None
         summary = data.get("summary", "")
+        preview = data.get("preview", "")
         if not (
             isinstance(url, str)
             and isinstance(size, int)
@@ -108,9 +114,10 @@ class ObjectRef:
             and size >= 0
             and isinstance(digest, str)
             and isinstance(summary, str)
+            and isinstance(preview, str)
         ):
             raise CodecError("object reference has fields of the wrong type")
-        return cls(url=url, size=size, sha256=digest, summary=summary)
+        return cls(url=url, size=size, sha256=digest, summary=summary, preview=preview)
 
 
 # --------------------------------------------------------------------------------------

@@ -63,6 +63,15 @@ OPTIONS: dict[str, Option] = {
             "in the UI); larger ones are spilled to the store and only a reference is kept.",
         ),
         Option(
+            "xcom_preview_max_chars",
+            int,
+            1000,
+            "Every XCom this backend stores packed or spilled carries a preview of at most this "
+            "many characters (the repr of a small value; the first rows or items of a large "
+            "one), which the UI's XCom tab and the REST API show. The preview of a spilled value "
+            "puts its first rows in Airflow's database; 0 stores none.",
+        ),
+        Option(
             "s3_endpoint_url",
             str,
             "",

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_knative import codec, walk
+from airflow_provider_knative import codec, config, preview, walk
 from airflow_provider_knative.codec import ObjectRef
 from airflow_provider_knative.store import ObjectStore, open_store, task_key, task_prefix
 
@@ -95,8 +95,15 @@ def encode_or_spill(
                 yield from chunks
 
             stored = target.put(owner.key(name), stream())
-            return ObjectRef(stored.url, stored.size, stored.sha256, codec.summarize(value))
+            return _ref(stored, value)
     return b"".join(head)
+
+
+def _ref(stored: Any, value: Any) -> ObjectRef:
+    """The reference to a value just written: where, size, checksum, summary and a preview
+    (``[knative] xcom_preview_max_chars``; made now, while the value is at hand)."""
+    limit = config.get("xcom_preview_max_chars", cached=True)
+    return ObjectRef(stored.url, stored.size, stored.sha256, codec.summarize(value), preview.of(value, limit))
 
 
 def _encoded_size_over(value: Any, threshold: int) -> bool:
@@ -166,7 +173,7 @@ def _split(value: Any, limit: int, owner: Owner, name: str, store: ObjectStore |
 
     def spill_item(item: Any) -> ObjectRef:
         stored = target.put(owner.key(f"{name}.{next(counter)}"), codec.encode_chunks(item))
-        return ObjectRef(stored.url, stored.size, stored.sha256, codec.summarize(item))
+        return _ref(stored, item)
 
     encoded = codec.dumps(_split_into(value, SPLIT_DEPTH, spill_item))
     return encoded if len(encoded) <= limit else None

@@ -6,11 +6,22 @@ What ``serialize_value`` hands Airflow to put in the ``xcom`` table (a JSON colu
 * **plain JSON** when the value survives a JSON round trip unchanged (dicts with str keys,
   lists, str, int, finite float, bool, None) and its JSON is at most
   ``[knative] xcom_inline_max_bytes``: the UI and the REST API show it as it is;
-* ``{"__knative_xcom__": 1, "packed": "<base64 codec frame>"}`` for other values whose
-  encoded frame fits under the same limit (tuples, datetimes, small arrays, ...);
-* ``{"__knative_xcom__": 1, "ref": URL, "size": N, "sha256": HEX, "summary": "..."}`` for
-  everything larger: the frame is streamed to the object store and only this reference,
-  which needs no context to resolve (``deserialize_value`` gets none), stays in the DB.
+* ``{"__knative_xcom__": 1, "packed": "<base64 codec frame>", "preview": ...}`` for other
+  values whose encoded frame fits under the same limit (tuples, datetimes, small arrays, ...);
+* ``{"__knative_xcom__": 1, "ref": URL, "size": N, "sha256": HEX, "summary": "...",
+  "preview": ...}`` for everything larger: the frame is streamed to the object store and only
+  this reference, which needs no context to resolve (``deserialize_value`` gets none), stays
+  in the DB.
+
+Readable where people look: Airflow's UI and REST API never call ``deserialize_value``; they
+render the stored JSON with ``airflow.serialization.stringify``. So every marker also carries
+Airflow's serde keys (``__classname__``, ``__version__``, ``__data__``), which stringify shows as
+text: tuples, sets and frozensets of plain items in Airflow's own shape (shown as stock Airflow
+shows them), anything else as ``<type>@version=1(<preview>)``, and a spilled value as
+``spilled@version=1(<summary>, <size> in <url>\n<first rows or items>)``. ``preview`` is at most
+``[knative] xcom_preview_max_chars`` characters. Reading never looks at these keys: the
+``packed``/``ref`` fields alone decide the value, so markers without them (older versions)
+read the same.
 
 A user dict that happens to hold the ``__knative_xcom__`` key is stored packed, so it comes
 back unchanged. A ``codec.ObjectRef`` (a result the runtime already spilled) is stored as a
@@ -40,7 +51,7 @@ from typing import Any
 import msgspec
 from airflow.sdk.bases.xcom import BaseXCom
 
-from airflow_provider_knative import aws, codec, config
+from airflow_provider_knative import aws, codec, config, preview
 from airflow_provider_knative.codec import ObjectRef
 from airflow_provider_knative.errors import SpilledValueError, StoreError
 from airflow_provider_knative.spill import Owner, encode_or_spill, load_ref, resolve_refs
@@ -96,20 +107,110 @@ def ref_of(stored: Any) -> ObjectRef | None:
                 "size": stored.get("size"),
                 "sha256": stored.get("sha256"),
                 "summary": stored.get("summary", ""),
+                "preview": stored.get("preview", ""),
             }
         )
     except codec.CodecError as exc:
         raise SpilledValueError(f"XCom reference marker {stored!r} is malformed: {exc}") from None
 
 
+#: the keys of Airflow's serde JSON, which the api-server's stringify() renders as text
+SERDE_CLASSNAME, SERDE_VERSION, SERDE_DATA = "__classname__", "__version__", "__data__"
+#: the ``__version__`` the display keys carry (stringify shows it; nothing reads it back)
+DISPLAY_VERSION = 1
+#: the ``__classname__`` of a spilled value's display (stringify: ``spilled@version=1(...)``)
+SPILLED = "spilled"
+_NOT_NATIVE = object()
+
+
+def _preview_limit() -> int:
+    return int(config.get("xcom_preview_max_chars", cached=True))
+
+
 def _ref_marker(ref: ObjectRef) -> dict[str, Any]:
-    return {
+    marker: dict[str, Any] = {
         MARKER: MARKER_VERSION,
         "ref": ref.url,
         "size": ref.size,
         "sha256": ref.sha256,
         "summary": ref.summary,
     }
+    limit = _preview_limit()
+    head = preview.cut(ref.preview, limit) if limit > 0 else ""
+    if head:
+        marker["preview"] = head
+    text = f"{ref.summary or 'value'}, {_size(ref.size)} in {ref.url}" + (f"\n{head}" if head else "")
+    marker.update({SERDE_CLASSNAME: SPILLED, SERDE_VERSION: DISPLAY_VERSION, SERDE_DATA: text})
+    return marker
+
+
+def _packed_marker(value: Any, packed: bytes) -> dict[str, Any]:
+    marker: dict[str, Any] = {MARKER: MARKER_VERSION, "packed": base64.b64encode(packed).decode("ascii")}
+    limit = _preview_limit()
+    text = preview.of(value, limit) if limit > 0 else codec.summarize(value)
+    if limit > 0:
+        marker["preview"] = text
+    native = _native(value, limit) if limit > 0 else _NOT_NATIVE
+    if native is not _NOT_NATIVE and isinstance(native, dict):
+        marker.update(native)  # a tuple, set or frozenset, in Airflow's own shape
+    else:
+        marker.update({SERDE_CLASSNAME: _classname(value), SERDE_VERSION: DISPLAY_VERSION, SERDE_DATA: text})
+    return marker
+
+
+def _classname(value: Any) -> str:
+    t = type(value)
+    name = f"{t.__module__}.{t.__qualname__}"
+    # stringify() refuses airflow.* class names (it would deserialize them for real)
+    return name if not name.startswith("airflow.") else t.__qualname__
+
+
+def _native(value: Any, limit: int) -> Any:
+    """``value`` as Airflow's serde writes it, when it is made of plain items and its JSON fits
+    in ``limit``; ``_NOT_NATIVE`` otherwise. Only for display: the value is read from ``packed``."""
+    shape = _serde_shape(value, depth=0)
+    if shape is _NOT_NATIVE:
+        return _NOT_NATIVE
+    try:
+        size = len(_json_encode(shape))
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        return _NOT_NATIVE
+    return shape if size <= limit else _NOT_NATIVE
+
+
+def _serde_shape(value: Any, depth: int) -> Any:
+    t = type(value)
+    if value is None or t is str or t is bool:
+        return value
+    if t is int:
+        return value if -(2**63) <= value < 2**64 else _NOT_NATIVE
+    if t is float:
+        return value if value == value and value not in (float("inf"), float("-inf")) else _NOT_NATIVE
+    if depth > 4:
+        return _NOT_NATIVE
+    if t in (tuple, set, frozenset, list):
+        items = list(value)
+        if t is not tuple and t is not list:
+            try:
+                items = sorted(items)
+            except TypeError:
+                pass  # mixed types: iteration order
+        shaped = [_serde_shape(item, depth + 1) for item in items]
+        if any(item is _NOT_NATIVE for item in shaped):
+            return _NOT_NATIVE
+        if t is list:
+            return shaped
+        return {SERDE_CLASSNAME: f"builtins.{t.__name__}", SERDE_VERSION: 1, SERDE_DATA: shaped}
+    return _NOT_NATIVE
+
+
+def _size(size: int) -> str:
+    amount = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if amount < 1024 or unit == "GiB":
+            return f"{amount:.0f} {unit}" if unit == "bytes" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{size} bytes"  # pragma: no cover - the loop always returns
 
 
 def _as_plain_json(value: Any, limit: int) -> bool:
@@ -162,7 +263,7 @@ def spill(
         ) from None
     if isinstance(packed, ObjectRef):
         return _ref_marker(packed)
-    return {MARKER: MARKER_VERSION, "packed": base64.b64encode(packed).decode("ascii")}
+    return _packed_marker(value, packed)
 
 
 def _describe(where: tuple) -> str:

@@ -37,7 +37,18 @@ AIRFLOW_FACING = [
     "aws",
 ]
 #: the wire and data layer: imported by the runtime image and by Airflow alike
-DATA_LAYER = ["errors", "codec", "protocol", "store", "spill", "walk", "invoker", "functions", "config"]
+DATA_LAYER = [
+    "errors",
+    "codec",
+    "protocol",
+    "store",
+    "spill",
+    "walk",
+    "invoker",
+    "functions",
+    "config",
+    "preview",
+]
 
 
 def _modules() -> dict[str, Path]:

@@ -1,0 +1,127 @@
+"""Short, bounded, human previews of values, for where the value itself is not shown.
+
+Airflow 3's UI and REST API render the JSON the XCom backend stored and never call its
+``deserialize_value``: a packed value or a reference is all a user sees. So every marker
+carries a preview (``xcom.py``): the repr of a small value, the first rows of a DataFrame, the
+first items of an array or a list. A value spilled by the runtime carries its preview inside
+its ``ObjectRef`` (made where the value still exists, in ``spill.py``).
+
+A preview never raises and never costs more than formatting a few items: numpy and pandas
+summarise large values themselves, containers go through ``reprlib`` limits, and the text is
+cut at ``max_chars``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import reprlib
+import uuid
+from typing import Any
+
+from airflow_provider_knative.codec import ObjectRef
+
+#: default bound of a preview, in characters ([knative] xcom_preview_max_chars)
+MAX_CHARS = 1000
+#: rows of a DataFrame, Series or Arrow table shown
+HEAD_ROWS = 5
+#: columns of a DataFrame shown (the others are elided by pandas)
+HEAD_COLS = 8
+ELLIPSIS = "…"
+
+
+class _Repr(reprlib.Repr):
+    """reprlib with room for a few items of each container, and our types shown briefly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdeque = 10
+        self.maxdict = 10
+        self.maxstring = 120
+        self.maxother = 200
+
+    def repr1(self, x: Any, level: int) -> str:
+        if isinstance(x, ObjectRef):
+            return f"<spilled {x.summary or 'value'}>"
+        module = type(x).__module__.split(".", 1)[0]
+        if module in ("numpy", "pandas", "pyarrow"):
+            text = " ".join(of(x, max_chars=self.maxother).split())  # one line inside a container
+            return text if len(text) <= self.maxother else text[: self.maxother - 1] + ELLIPSIS
+        return super().repr1(x, level)
+
+
+_repr = _Repr()
+
+
+def cut(text: str, max_chars: int) -> str:
+    """``text`` cut to ``max_chars`` characters, the last being an ellipsis when it was cut."""
+    return text if len(text) <= max_chars else text[: max(0, max_chars - 1)] + ELLIPSIS
+
+
+def _ndarray(value: Any) -> str:
+    import numpy as np
+
+    return np.array2string(value, threshold=20, edgeitems=3, max_line_width=100, separator=", ")
+
+
+#: longest cell of a DataFrame shown
+CELL_CHARS = 40
+
+
+def _cell(value: Any) -> str:
+    return cut(str(value), CELL_CHARS)
+
+
+def _frame(value: Any) -> str:
+    """The first rows of a DataFrame (one ``{column: value, ...}`` per row) or Series.
+
+    Row by row rather than as a table: the UI collapses whitespace, and braces still show where
+    a row ends when the line breaks are gone.
+    """
+    more = len(value) - HEAD_ROWS
+    tail = f"\n{ELLIPSIS} {more} more rows" if more > 0 else ""
+    if type(value).__name__ == "Series":
+        items = ", ".join(_cell(v) for v in value.iloc[:HEAD_ROWS].tolist())
+        return f"{value.name if value.name is not None else 'values'}: [{items}{', ' + ELLIPSIS if more > 0 else ''}]"
+    columns = [str(c) for c in value.columns[:HEAD_COLS]]
+    wider = ", " + ELLIPSIS if len(value.columns) > HEAD_COLS else ""
+    index = value.index[:HEAD_ROWS]
+    plain_index = type(index).__name__ == "RangeIndex" and list(index) == list(range(len(index)))
+    lines = []
+    for label, row in zip(
+        index, value.iloc[:HEAD_ROWS, :HEAD_COLS].itertuples(index=False, name=None), strict=True
+    ):
+        cells = ", ".join(f"{name}: {_cell(v)}" for name, v in zip(columns, row, strict=True))
+        lines.append(("" if plain_index else f"{_cell(label)}: ") + "{" + cells + wider + "}")
+    return "\n".join(lines) + tail if lines else f"(no rows; columns: {', '.join(columns)}{wider})"
+
+
+def _text(value: Any) -> str:
+    """The preview, uncut (each branch is already small)."""
+    t = type(value)
+    name = t.__name__
+    module = t.__module__.split(".", 1)[0]
+    if module == "numpy" and name == "ndarray":
+        return _ndarray(value)
+    if module == "pandas" and name in ("DataFrame", "Series"):
+        return _frame(value)
+    if module == "pyarrow" and name == "Table":
+        return _frame(value.slice(0, HEAD_ROWS).to_pandas()) + (
+            f"\n{ELLIPSIS} {value.num_rows - HEAD_ROWS} more rows" if value.num_rows > HEAD_ROWS else ""
+        )
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (dt.timedelta, decimal.Decimal, uuid.UUID)):
+        return str(value)
+    return _repr.repr(value)
+
+
+def of(value: Any, max_chars: int = MAX_CHARS) -> str:
+    """A preview of ``value`` of at most ``max_chars`` characters ("" when ``max_chars`` is 0)."""
+    if max_chars <= 0:
+        return ""
+    try:
+        return cut(_text(value), max_chars)
+    except Exception as exc:  # a preview must never fail the XCom push
+        return cut(f"(no preview: {type(exc).__name__})", max_chars)
