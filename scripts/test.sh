@@ -21,6 +21,16 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
   fi
 fi
 
+# Chromium and chromedriver (Debian packages) for the XCom tab test in a real browser.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null
+  else
+    echo "chromium/chromium-driver are missing and cannot be installed here: the browser test will be skipped" >&2
+  fi
+fi
+
 export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
 ruff format --check .
