@@ -47,63 +47,78 @@ def connection_type_info() -> dict[str, Any]:
     also exposes ``get_ui_field_behaviour`` for older 3.x.
     """
     number = {"type": ["number", "null"], "minimum": 0}
+    text = {"type": ["string", "null"]}
+    fields = [
+        (
+            "namespace",
+            "Namespace",
+            "Kubernetes namespace of the Knative Services ([knative] namespace when empty).",
+            text,
+        ),
+        (
+            "connect_timeout_seconds",
+            "Connect timeout (s)",
+            "TCP connect timeout of one HTTP attempt.",
+            number,
+        ),
+        (
+            "invoke_timeout_seconds",
+            "Invoke timeout (s)",
+            "Longest a function may run before the call is abandoned.",
+            number,
+        ),
+        (
+            "startup_deadline_seconds",
+            "Startup deadline (s)",
+            "How long connection errors and 502/503/504 (cold start) are retried.",
+            number,
+        ),
+        (
+            "headers",
+            "Extra headers (JSON)",
+            'Sent on every call, e.g. {"Host": "svc.ns.example.com"} for a Knative ingress.',
+            text,
+        ),
+        (
+            "verify",
+            "Verify TLS certificates",
+            "Off only for testing: the server's certificate is then not checked.",
+            {"type": ["boolean", "null"]},
+        ),
+        (
+            "ca_bundle",
+            "CA bundle path",
+            "PEM file of the CAs that sign the service's certificate "
+            "(default: $REQUESTS_CA_BUNDLE, $SSL_CERT_FILE, else the system's).",
+            text,
+        ),
+        (
+            "client_cert",
+            "Client certificate path",
+            "PEM certificate (optionally with its key) for mutual TLS.",
+            text,
+        ),
+        (
+            "client_key",
+            "Client key path",
+            "PEM private key of the client certificate, if a separate file.",
+            text,
+        ),
+        (
+            "test_service",
+            "Service for the Test button",
+            "Service name put into a URL template with {service} when the connection is tested.",
+            text,
+        ),
+    ]
     return {
         "connection-type": CONN_TYPE,
         "hook-class-name": "airflow_provider_knative.hooks.KnativeHook",
         "hook-name": HOOK_NAME,
         "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
         "conn-fields": {
-            "namespace": {
-                "label": "Namespace",
-                "description": "Kubernetes namespace of the Knative Services ([knative] namespace when empty).",
-                "schema": {"type": ["string", "null"]},
-            },
-            "connect_timeout_seconds": {
-                "label": "Connect timeout (s)",
-                "description": "TCP connect timeout of one HTTP attempt.",
-                "schema": number,
-            },
-            "invoke_timeout_seconds": {
-                "label": "Invoke timeout (s)",
-                "description": "Longest a function may run before the call is abandoned.",
-                "schema": number,
-            },
-            "startup_deadline_seconds": {
-                "label": "Startup deadline (s)",
-                "description": "How long connection errors and 502/503/504 (cold start) are retried.",
-                "schema": number,
-            },
-            "headers": {
-                "label": "Extra headers (JSON)",
-                "description": 'Sent on every call, e.g. {"Host": "svc.ns.example.com"} for a Knative ingress.',
-                "schema": {"type": ["string", "null"]},
-            },
-            "verify": {
-                "label": "Verify TLS certificates",
-                "description": "Off only for testing: the server's certificate is then not checked.",
-                "schema": {"type": ["boolean", "null"]},
-            },
-            "ca_bundle": {
-                "label": "CA bundle path",
-                "description": "PEM file of the CAs that sign the service's certificate "
-                "(default: $REQUESTS_CA_BUNDLE, $SSL_CERT_FILE, else the system's).",
-                "schema": {"type": ["string", "null"]},
-            },
-            "client_cert": {
-                "label": "Client certificate path",
-                "description": "PEM certificate (optionally with its key) presented for mutual TLS.",
-                "schema": {"type": ["string", "null"]},
-            },
-            "client_key": {
-                "label": "Client key path",
-                "description": "PEM private key of the client certificate, when it is a separate file.",
-                "schema": {"type": ["string", "null"]},
-            },
-            "test_service": {
-                "label": "Service for the Test button",
-                "description": "Service name put into a URL template with {service} when the connection is tested.",
-                "schema": {"type": ["string", "null"]},
-            },
+            name: {"label": label, "description": description, "schema": schema}
+            for name, label, description, schema in fields
         },
     }
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 import socket
 import threading
-from types import TracebackType
 from urllib.parse import urlsplit
 
 _RANGE = re.compile(rb"\r\nrange:\s*bytes=(\d+)-", re.IGNORECASE)
@@ -124,9 +123,7 @@ class CuttingProxy:
     def __enter__(self) -> CuttingProxy:
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 
