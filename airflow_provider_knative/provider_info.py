@@ -19,5 +19,6 @@ def get_provider_info() -> dict[str, Any]:
             {"name": "knative", "class-name": "airflow_provider_knative.decorators.knative_task"},
         ],
         "connection-types": [connection_type_info()],
+        "executors": ["airflow_provider_knative.executors.KnativeExecutor"],
         "config": config.provider_config_section(),
     }
