@@ -157,7 +157,7 @@ class TypeRule(NamedTuple):
 #: What travels, and how. The README's codec section is generated from this table
 #: (``type_table_markdown``) and a test checks that it still matches.
 CARRIED: tuple[TypeRule, ...] = (
-    TypeRule("None, bool, str", "msgpack nil, bool, str"),
+    TypeRule("None, bool, str", "msgpack nil, bool, str (lone surrogates included)"),
     TypeRule("float", "msgpack float64, bit for bit (NaN, ±inf, -0.0)"),
     TypeRule("int", "msgpack int within 64 bits; beyond: two's-complement bytes, any size"),
     TypeRule("complex", "real and imaginary float64"),
@@ -460,7 +460,10 @@ class _ArrowItem:
 class _Encoder:
     """Packs one value; collects out-of-band buffers (memoryviews or chunk iterators)."""
 
-    def __init__(self) -> None:
+    def __init__(self, unicode_errors: str | None = None) -> None:
+        # "surrogatepass" when a str holds lone surrogates (valid Python, not valid UTF-8);
+        # only then, as it is slower: the decoder accepts both
+        self.unicode_errors = unicode_errors
         self.buffers: list[memoryview | Iterable[bytes | memoryview]] = []
         self.owners: dict[int, Any] = {}  # buffer index -> the value it belongs to
         self._packers: list[Any] = []
@@ -477,7 +480,13 @@ class _Encoder:
         while len(packers) <= depth:
             size = 256 * 1024 if not packers else 4096
             packers.append(
-                msgpack.Packer(default=self._default, use_bin_type=True, strict_types=True, buf_size=size)
+                msgpack.Packer(
+                    default=self._default,
+                    use_bin_type=True,
+                    strict_types=True,
+                    buf_size=size,
+                    unicode_errors=self.unicode_errors,
+                )
             )
         return packers[depth]
 
@@ -485,7 +494,9 @@ class _Encoder:
     def plain(self) -> Any:
         """A packer for leaf payloads: only msgpack scalars, no default (it refuses the rest)."""
         if self._plain is None:
-            self._plain = msgpack.Packer(use_bin_type=True, strict_types=True, buf_size=1024)
+            self._plain = msgpack.Packer(
+                use_bin_type=True, strict_types=True, buf_size=1024, unicode_errors=self.unicode_errors
+            )
         return self._plain
 
     def encode_body(self, value: Any) -> bytes:
@@ -624,7 +635,10 @@ def _enc_datetime(enc: _Encoder, obj: dt.datetime) -> Any:
 
 def _datetime_fields(obj: dt.datetime) -> list[Any]:
     tz = obj.tzinfo
-    naive = obj.replace(tzinfo=None, fold=0).isoformat()
+    # from the fields: subclasses (pendulum) override replace() and isoformat()
+    naive = dt.datetime(
+        obj.year, obj.month, obj.day, obj.hour, obj.minute, obj.second, obj.microsecond
+    ).isoformat()
     if tz is None:
         return [naive, None, None, obj.fold]
     offset = obj.utcoffset()
@@ -643,7 +657,7 @@ def _enc_time(enc: _Encoder, obj: dt.time) -> Any:
 def _time_fields(obj: dt.time) -> list[Any]:
     if obj.tzinfo is not None:
         raise TypeError("cannot encode a time of day with a time zone (it has no UTC offset); use a datetime")
-    return [obj.replace(fold=0).isoformat(), obj.fold]
+    return [dt.time(obj.hour, obj.minute, obj.second, obj.microsecond).isoformat(), obj.fold]
 
 
 def _enc_timedelta(enc: _Encoder, obj: dt.timedelta) -> Any:
@@ -1040,7 +1054,11 @@ def encode_chunks(value: Any) -> Iterator[bytes | memoryview]:
     """
     encoder = _Encoder()
     try:
-        body = encoder.encode_body(value)
+        try:
+            body = encoder.encode_body(value)
+        except UnicodeEncodeError:  # a str with lone surrogates somewhere: carry them as they are
+            encoder = _Encoder(unicode_errors="surrogatepass")
+            body = encoder.encode_body(value)
     except RecursionError:
         raise TypeError(
             f"value: cannot encode: nested too deeply for this thread's Python recursion limit "
@@ -1237,7 +1255,14 @@ class _Decoder:
     def decode(self, body: memoryview) -> Any:
         # unpackb keeps a 40 KiB context on the C stack: fine once, at the top
         try:
-            return msgpack.unpackb(body, ext_hook=self._ext, raw=False, strict_map_key=False, timestamp=1)
+            return msgpack.unpackb(
+                body,
+                ext_hook=self._ext,
+                raw=False,
+                strict_map_key=False,
+                timestamp=1,
+                unicode_errors="surrogatepass",
+            )
         finally:
             # the unpackers hold self._ext: drop them now rather than leave a cycle to the GC
             self._unpackers.clear()
@@ -1268,6 +1293,7 @@ class _Decoder:
                         raw=False,
                         strict_map_key=False,
                         timestamp=1,
+                        unicode_errors="surrogatepass",
                         max_buffer_size=self.limit,
                     )
                 )
@@ -1285,7 +1311,12 @@ class _Decoder:
             raise CodecError(f"encoded value uses unknown extension type {code}")
         if self._scalar_unpacker is None:
             self._scalar_unpacker = msgpack.Unpacker(
-                ext_hook=_no_nested, raw=False, strict_map_key=False, timestamp=1, max_buffer_size=self.limit
+                ext_hook=_no_nested,
+                raw=False,
+                strict_map_key=False,
+                timestamp=1,
+                unicode_errors="surrogatepass",
+                max_buffer_size=self.limit,
             )
         return decoder(self, self._feed(self._scalar_unpacker, data))
 
@@ -1414,10 +1445,11 @@ def _dec_time(cls: Any, inner: Any) -> Any:
     if isinstance(inner, str):  # written before fold was carried
         return cls.fromisoformat(inner)
     text, fold = _fields(inner, 2, "time")
-    value = cls.fromisoformat(_expect(text, str, "time"))
+    value = dt.time.fromisoformat(_expect(text, str, "time"))
     if value.tzinfo is not None:
         raise CodecError("encoded time of day has a time zone")
-    return value.replace(fold=_fold(fold))
+    # the constructor, not replace(): pendulum's Time.replace() drops fold
+    return cls(value.hour, value.minute, value.second, value.microsecond, fold=_fold(fold))
 
 
 def _fold(fold: Any) -> int:
