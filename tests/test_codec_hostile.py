@@ -28,6 +28,48 @@ from airflow_provider_knative.codec import CodecError
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 
+# The extension codes are wire format: pinned here (and checked against the codec below), so
+# a renumbering fails a test instead of making old frames unreadable.
+WIRE = {
+    "EXT_TUPLE": 1,
+    "EXT_SET": 2,
+    "EXT_FROZENSET": 3,
+    "EXT_BYTEARRAY": 4,
+    "EXT_DATETIME": 6,
+    "EXT_DATE": 7,
+    "EXT_TIME": 8,
+    "EXT_TIMEDELTA": 9,
+    "EXT_DECIMAL": 10,
+    "EXT_UUID": 11,
+    "EXT_NDARRAY": 12,
+    "EXT_ARROW_TABLE": 13,
+    "EXT_DATAFRAME": 14,
+    "EXT_SERIES": 15,
+    "EXT_OBJECT_REF": 16,
+    "EXT_NUMPY_SCALAR": 17,
+    "EXT_BIGINT": 18,
+    "EXT_COMPLEX": 19,
+    "EXT_ORDEREDDICT": 20,
+    "EXT_COUNTER": 21,
+    "EXT_DEFAULTDICT": 22,
+    "EXT_PD_TIMESTAMP": 23,
+    "EXT_PD_TIMEDELTA": 24,
+    "EXT_PD_NAT": 25,
+    "EXT_PD_PERIOD": 26,
+    "EXT_PD_INTERVAL": 27,
+    "EXT_PENDULUM_DATETIME": 28,
+    "EXT_PENDULUM_DATE": 29,
+    "EXT_PENDULUM_TIME": 30,
+}
+
+
+def test_extension_codes_are_pinned() -> None:
+    assert {n: getattr(codec, n) for n in dir(codec) if n.startswith("EXT_")} == WIRE
+
+
+def ext(name: str, payload: Any, raw: bool = False) -> msgpack.ExtType:
+    return msgpack.ExtType(WIRE[name], payload if raw else msgpack.packb(payload))
+
 
 def frame(body: Any, buffers: list[bytes] | tuple[bytes, ...] = ()) -> bytes:
     """A structurally valid frame around any msgpack body and out-of-band buffers."""
@@ -46,8 +88,8 @@ def nested_tuple_frame(levels: int) -> bytes:
     """``levels`` nested tuple extension values, written by hand (no encoder limit applies)."""
     payload = msgpack.packb([1])  # the innermost tuple: (1,)
     for _ in range(levels - 1):
-        payload = msgpack.packb([msgpack.ExtType(codec.EXT_TUPLE, payload)])
-    return frame(msgpack.packb(msgpack.ExtType(codec.EXT_TUPLE, payload)))
+        payload = msgpack.packb([ext("EXT_TUPLE", raw=True, payload=payload)])
+    return frame(msgpack.packb(ext("EXT_TUPLE", raw=True, payload=payload)))
 
 
 # A child process: decode what it is given, report the outcome and the peak RSS it added.
@@ -179,9 +221,9 @@ def ipc(table: pa.Table, compression: str | None = None, repeat: int = 1) -> byt
 def arrow_frames(stream: bytes) -> list[bytes]:
     """The same Arrow IPC stream as a DataFrame, a Series and an Arrow Table value."""
     return [
-        frame(msgpack.ExtType(codec.EXT_DATAFRAME, msgpack.packb(0)), [stream]),
-        frame(msgpack.ExtType(codec.EXT_SERIES, msgpack.packb([0, None])), [stream]),
-        frame(msgpack.ExtType(codec.EXT_ARROW_TABLE, msgpack.packb(0)), [stream]),
+        frame(ext("EXT_DATAFRAME", (0)), [stream]),
+        frame(ext("EXT_SERIES", ([0, None])), [stream]),
+        frame(ext("EXT_ARROW_TABLE", (0)), [stream]),
     ]
 
 
@@ -223,7 +265,7 @@ def test_arrow_bombs_raise_codec_error_with_bounded_memory(name: str) -> None:
 
 
 def test_the_issue_10_bombs_are_as_small_as_reported() -> None:
-    assert len(frame(msgpack.ExtType(codec.EXT_DATAFRAME, msgpack.packb(0)), [BOMBS["null column"]()])) <= 400
+    assert len(frame(ext("EXT_DATAFRAME", (0)), [BOMBS["null column"]()])) <= 400
     assert len(BOMBS["run-end encoded"]()) <= 600
     assert len(BOMBS["zstd"]()) <= 20_000
 
@@ -258,8 +300,8 @@ def test_the_encoder_refuses_what_the_decoder_would_refuse() -> None:
 
 def test_a_frame_over_the_arrow_budget_is_refused_even_when_each_table_is_under_it() -> None:
     half = ipc(pa.table({"n": pa.nulls(codec.ARROW_ALLOWANCE // 8 // 2 + 1000)}))
-    one = msgpack.ExtType(codec.EXT_ARROW_TABLE, msgpack.packb(0))
-    two = msgpack.ExtType(codec.EXT_ARROW_TABLE, msgpack.packb(1))
+    one = ext("EXT_ARROW_TABLE", (0))
+    two = ext("EXT_ARROW_TABLE", (1))
     assert isinstance(codec.loads(frame([one], [half]))[0], pa.Table)
     with pytest.raises(CodecError, match="MiB"):
         codec.loads(frame([one, two], [half, half]))
@@ -273,50 +315,26 @@ LENGTH_BOMBS = {
     "bin32 of 4 GiB": b"\xc6\xff\xff\xff\xff" + b"a" * 15,
     "ext32 of 4 GiB": b"\xc9\xff\xff\xff\xff\x01" + b"a" * 15,
     "nested tuple claiming 2**32-1 items": msgpack.packb(
-        msgpack.ExtType(codec.EXT_TUPLE, b"\xdd\xff\xff\xff\xff")
+        ext("EXT_TUPLE", raw=True, payload=b"\xdd\xff\xff\xff\xff")
     ),
     # arrays, scalars and numbers whose headers claim what the buffers do not hold
-    "ndarray of 2**62 zero-size items": msgpack.packb(
-        msgpack.ExtType(codec.EXT_NDARRAY, msgpack.packb(["|S0", [2**62], False, b""]))
-    ),
-    "ndarray shape overflow": msgpack.packb(
-        msgpack.ExtType(codec.EXT_NDARRAY, msgpack.packb(["<f8", [2**40, 2**40, 0], False, b""]))
-    ),
-    "ndarray claiming 2**60 bytes": msgpack.packb(
-        msgpack.ExtType(codec.EXT_NDARRAY, msgpack.packb(["<f8", [2**57], False, b""]))
-    ),
-    "ndarray structured dtype": msgpack.packb(
-        msgpack.ExtType(codec.EXT_NDARRAY, msgpack.packb(["(1000000000,)f8", [1], False, b""]))
-    ),
-    "numpy scalar of a 4 GB str dtype": msgpack.packb(
-        msgpack.ExtType(codec.EXT_NUMPY_SCALAR, msgpack.packb(["<U1000000000", b"x"]))
-    ),
-    "numpy scalar of a comma dtype": msgpack.packb(
-        msgpack.ExtType(codec.EXT_NUMPY_SCALAR, msgpack.packb(["f8," * 1000, b"x"]))
-    ),
-    "Timestamp beyond int64": msgpack.packb(
-        msgpack.ExtType(codec.EXT_PD_TIMESTAMP, msgpack.packb(["ns", 2**64 - 1, None]))
-    ),
-    "Period with a hostile frequency": msgpack.packb(
-        msgpack.ExtType(codec.EXT_PD_PERIOD, msgpack.packb([1, "1000000000000000000D"]))
-    ),
+    "ndarray of 2**62 zero-size items": msgpack.packb(ext("EXT_NDARRAY", (["|S0", [2**62], False, b""]))),
+    "ndarray shape overflow": msgpack.packb(ext("EXT_NDARRAY", (["<f8", [2**40, 2**40, 0], False, b""]))),
+    "ndarray claiming 2**60 bytes": msgpack.packb(ext("EXT_NDARRAY", (["<f8", [2**57], False, b""]))),
+    "ndarray structured dtype": msgpack.packb(ext("EXT_NDARRAY", (["(1000000000,)f8", [1], False, b""]))),
+    "numpy scalar of a 4 GB str dtype": msgpack.packb(ext("EXT_NUMPY_SCALAR", (["<U1000000000", b"x"]))),
+    "numpy scalar of a comma dtype": msgpack.packb(ext("EXT_NUMPY_SCALAR", (["f8," * 1000, b"x"]))),
+    "Timestamp beyond int64": msgpack.packb(ext("EXT_PD_TIMESTAMP", (["ns", 2**64 - 1, None]))),
+    "Period with a hostile frequency": msgpack.packb(ext("EXT_PD_PERIOD", ([1, "1000000000000000000D"]))),
     "zone outside the zone database": msgpack.packb(
-        msgpack.ExtType(
-            codec.EXT_DATETIME, msgpack.packb(["2024-01-01T00:00:00", 0, ["zoneinfo", "../../etc/passwd"], 0])
-        )
+        ext("EXT_DATETIME", ["2024-01-01T00:00:00", 0, ["zoneinfo", "../../etc/passwd"], 0])
     ),
     "unknown extension type": msgpack.packb(msgpack.ExtType(99, b"")),
-    "extension inside a scalar's payload": msgpack.packb(
-        msgpack.ExtType(codec.EXT_DECIMAL, msgpack.packb(msgpack.ExtType(codec.EXT_TUPLE, msgpack.packb([]))))
-    ),
-    "trailing bytes in a payload": msgpack.packb(
-        msgpack.ExtType(codec.EXT_TUPLE, msgpack.packb([1]) + b"\x00")
-    ),
-    "unhashable set item": msgpack.packb(msgpack.ExtType(codec.EXT_SET, msgpack.packb([[1]]))),
-    "bad buffer reference": msgpack.packb(msgpack.ExtType(codec.EXT_DATAFRAME, msgpack.packb(5))),
-    "defaultdict factory by name": msgpack.packb(
-        msgpack.ExtType(codec.EXT_DEFAULTDICT, msgpack.packb(["os.system", {}]))
-    ),
+    "extension inside a scalar's payload": msgpack.packb(ext("EXT_DECIMAL", (ext("EXT_TUPLE", ([]))))),
+    "trailing bytes in a payload": msgpack.packb(ext("EXT_TUPLE", msgpack.packb([1]) + b"\x00", raw=True)),
+    "unhashable set item": msgpack.packb(ext("EXT_SET", ([[1]]))),
+    "bad buffer reference": msgpack.packb(ext("EXT_DATAFRAME", (5))),
+    "defaultdict factory by name": msgpack.packb(ext("EXT_DEFAULTDICT", (["os.system", {}]))),
 }
 
 
@@ -340,7 +358,7 @@ def test_frame_lengths_are_checked_before_allocating() -> None:
 def test_python_objects_cost_a_bounded_multiple_of_the_input() -> None:
     # the worst msgpack can do honestly: an empty set (~220 bytes) per 3 input bytes
     n = 300_000
-    data = frame([msgpack.ExtType(codec.EXT_SET, msgpack.packb([]))] * n)
+    data = frame([ext("EXT_SET", ([]))] * n)
     out = in_child([("loads", data)])
     assert out["result"] == [("ok", "list")]
     assert out["peak_kib"] * 1024 < 100 * len(data), (out["peak_kib"], len(data))
@@ -461,7 +479,7 @@ def test_fuzzing_100000_frames_only_ever_raises_codec_error() -> None:
 def test_fuzz_corpus_covers_every_extension_type() -> None:
     from fuzz_corpus import corpus
 
-    raw_payloads = {codec.EXT_UUID, codec.EXT_BIGINT, codec.EXT_BYTEARRAY, codec.EXT_PD_NAT}
+    raw_payloads = {WIRE[n] for n in ("EXT_UUID", "EXT_BIGINT", "EXT_BYTEARRAY", "EXT_PD_NAT")}
     seen: set[int] = set()
 
     def hook(code: int, payload: bytes) -> Any:

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pendulum
 from airflow.sdk import dag, task
+
+# the checks share tests/exact_values.py; the runtime tests import this folder without tests/ on the path
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from exact_values import assert_same, nest
 
 
