@@ -67,13 +67,14 @@ DATAFRAME_BATCH_ROWS = 128 * 1024
 #:
 #: Why 256: decoding recurses once per nested tuple/set/...; with one reused msgpack
 #: ``Unpacker`` per level that costs about 1.2 KiB of C stack and one Python frame per level
-#: (measured: a 1 MiB thread survives ~890 levels, an 8 MiB one ~7,100; msgpack's
-#: ``unpackb``, used before, keeps a 40 KiB context on the C stack and crashed a default
-#: 8 MiB stack at ~195 levels). 256 levels need ~0.3 MiB, far below the 8 MiB that
-#: glibc gives the main thread and every ``threading``/``ThreadPoolExecutor`` thread by
-#: default, and 256 Python frames leave the caller 700+ of the default recursion limit.
-#: It is above the 200 levels Airflow's own JSON models take, so deeper JSON-like values
-#: still travel (packed) through the XCom backend.
+#: (msgpack's ``unpackb``, used before, keeps a 40 KiB context on the C stack: 220 nested
+#: tuples crashed the default 8 MiB stack). Measured: decoding 256 nested tuples needs
+#: 376 KiB of thread stack, encoding them 288 KiB; glibc gives the main thread and every
+#: ``threading``/``ThreadPoolExecutor`` thread 8 MiB by default (``threading.stack_size()``
+#: is 0, i.e. the default), so the limit sits at under 5% of it, and the tests run it in
+#: 512 KiB threads. 256 Python frames leave the caller most of the default recursion limit.
+#: It is above the 199 levels Airflow's JSON models take, so deeper JSON-like values still
+#: travel (packed) through the XCom backend.
 MAX_DEPTH = 256
 MAX_NDIM = 64
 #: Arrow data may decode to at most this many bytes per byte of Arrow input ...
@@ -821,18 +822,13 @@ _ENCODERS: dict[type, Callable[[_Encoder, Any], Any]] = {
 _BUILTIN_BASES = (bool, int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset)
 
 
-def _refuse(message: str) -> Callable[[_Encoder, Any], Any]:
-    def refuse(enc: _Encoder, obj: Any) -> Any:
-        raise TypeError(message)
-
-    return refuse
+def _refuse(enc: _Encoder, obj: Any) -> Any:
+    raise TypeError(_refusal(type(obj), obj))
 
 
 def _handler_for(t: type, obj: Any) -> Callable[[_Encoder, Any], Any]:
     """The encoder for a type not in ``_ENCODERS`` yet: a library type, or a refusal."""
-    handler = _library_handler(t, obj)
-    if handler is None:
-        handler = _refuse(_refusal(t, obj))
+    handler = _library_handler(t, obj) or _refuse
     _ENCODERS[t] = handler
     return handler
 
@@ -1297,11 +1293,19 @@ class _Decoder:
                         max_buffer_size=self.limit,
                     )
                 )
+            unpacker = unpackers[depth]
+            start = unpacker.tell()
+            unpacker.feed(data)
             self.depth = depth
             try:
-                inner = self._feed(unpackers[depth], data)
+                # the recursion runs through this frame only: one Python frame per level
+                inner = unpacker.unpack()
+            except msgpack.OutOfData:
+                raise CodecError("encoded value is corrupt: an extension payload is truncated") from None
             finally:
                 self.depth = depth - 1
+            if unpacker.tell() - start != len(data):
+                raise CodecError("encoded value is corrupt: an extension payload has trailing bytes")
             return _COMPOSITE_DECODERS[code](self, inner)
         simple = _RAW_DECODERS.get(code)
         if simple is not None:
