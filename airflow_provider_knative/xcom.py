@@ -151,20 +151,19 @@ def _as_plain_json(value: Any, limit: int) -> bool:
     return not (b'"__' in text and _has_serde_key(value))
 
 
-def _plain_float(x: float) -> bool:
-    # -1e16 < x < 1e16: larger floats are written 1e16, 1.5e16, ..., which PostgreSQL's JSONB
-    # gives back as 10000000000000000: an int. The bounds also exclude NaN and infinities.
-    return -1e16 < x < 1e16 and (x != 0.0 or math.copysign(1.0, x) > 0)
-
-
 def _plain_shape(value: Any) -> bool:
-    """Exact JSON types only, finite floats, 64-bit ints, str keys, depth within the limit.
+    """Exact JSON types only, floats and ints every reader keeps, str keys, depth within limits.
 
-    One iterative pass over the value (level by level), looking at each item's type once.
+    One iterative pass over the value, level by level, looking at each item's type once (the
+    checks are inlined: this runs for every XCom value and costs about what encoding it does).
+    Floats: -1e16 < x < 1e16 excludes NaN and infinities, and the floats that are written
+    1e16, 1.5e16, ... which PostgreSQL's JSONB gives back as 10000000000000000: an int; -0.0
+    it gives back as 0.0.
     """
     t = type(value)
     if t is not dict and t is not list:
         return _plain_leaf(value)
+    int_min, int_max, copysign = _PLAIN_INT_MIN, _PLAIN_INT_MAX, math.copysign
     level = [value]
     depth = 1
     while True:
@@ -181,12 +180,20 @@ def _plain_shape(value: Any) -> bool:
                 items = obj
             for x in items:
                 tx = type(x)
-                if tx is str or tx is bool or x is None:
+                if tx is str or x is None or tx is bool:
                     continue
+                if tx is int:
+                    if int_min <= x <= int_max:
+                        continue
+                    return False
+                if tx is float:
+                    if -1e16 < x < 1e16 and (x != 0.0 or copysign(1.0, x) > 0):
+                        continue
+                    return False
                 if tx is dict or tx is list:
                     push(x)
-                elif not _plain_leaf(x):
-                    return False
+                    continue
+                return False
         if not nxt:
             return True
         depth += 1
@@ -200,7 +207,7 @@ def _plain_leaf(x: Any) -> bool:
     if t is int:
         return _PLAIN_INT_MIN <= x <= _PLAIN_INT_MAX
     if t is float:
-        return _plain_float(x)
+        return -1e16 < x < 1e16 and (x != 0.0 or math.copysign(1.0, x) > 0)
     return t is str or t is bool or x is None
 
 
