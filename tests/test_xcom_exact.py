@@ -86,6 +86,30 @@ def test_one_depth_rule_for_plain_json_and_the_codec() -> None:
     )  # never plain what the codec refuses
 
 
+def test_the_rest_api_model_serves_the_deepest_plain_value() -> None:
+    # what the UI and `GET .../xcomEntries/{key}` answer with (python-mode validation allows
+    # more nesting than JSON parsing, so the Execution API's 200 levels is the binding limit)
+    import datetime as dt
+
+    from airflow.api_fastapi.core_api.datamodels.xcom import XComResponseNative
+
+    now = dt.datetime.now(dt.timezone.utc)
+    row = {
+        "key": "k",
+        "timestamp": now,
+        "logical_date": None,
+        "map_index": -1,
+        "task_id": "t",
+        "dag_id": "d",
+        "run_id": "r",
+        "dag_run": {"dag_model": {"dag_display_name": "d"}, "run_after": now},
+        "task": {"task_display_name": "t"},
+        "value": nest(AIRFLOW_LIMIT, "dict"),
+    }
+    served = json.loads(XComResponseNative.model_validate(row).model_dump_json())
+    assert served["value"] == nest(AIRFLOW_LIMIT, "dict")
+
+
 def test_the_limit_also_holds_for_mapped_xcom_slices() -> None:
     from airflow.api_fastapi.execution_api.datamodels.xcom import XComSequenceSliceResponse
 
