@@ -219,6 +219,46 @@ OPTIONS: dict[str, Option] = {
             "use every core, a crash fails only its own call).",
             choices=("thread", "process"),
         ),
+        # --- KnativeExecutor ---------------------------------------------------------------
+        Option(
+            "executor_default_service",
+            str,
+            "airflow-tasks",
+            "The Knative Service that runs a task sent to the KnativeExecutor when neither its "
+            "executor_config={'knative': {'service': ...}} nor executor_queue_services names one.",
+        ),
+        Option(
+            "executor_queue_services",
+            str,
+            "",
+            "Queue-to-Service routing for the KnativeExecutor: 'queue=service,other=service2'. A task's "
+            "queue= picks its Service.",
+            example="gpu=gpu-tasks,etl=etl-tasks",
+        ),
+        Option(
+            "executor_heartbeat_grace_seconds",
+            float,
+            30.0,
+            "When the KnativeExecutor loses a task's event stream (pod or scheduler restarted), it follows "
+            "the task in the database and fails it (so Airflow retries it) once its heartbeat is this "
+            "old: sooner than the scheduler's own task_instance_heartbeat_timeout (300 s).",
+        ),
+        Option(
+            "workloads",
+            bool,
+            False,
+            "Let the runtime run whole Airflow tasks for the KnativeExecutor (POST /workloads): each "
+            "in a process forked from one that imported Airflow and the DAG folder, under the task "
+            "SDK's own supervisor. airflow-knative manifests sets it on the executor's Services.",
+        ),
+        Option(
+            "request_timeout_seconds",
+            float,
+            0.0,
+            "The Knative Service's timeoutSeconds, as the runtime sees it: a task the executor sent is "
+            "stopped (SIGTERM, so Airflow's retries apply) this many seconds minus 15 after it started, "
+            "before Knative cuts the request. 0: no limit (outside Knative).",
+        ),
         Option(
             "allow_unsigned",
             bool,

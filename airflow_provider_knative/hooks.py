@@ -18,9 +18,11 @@ is ``discover``. Discovered URLs are cached for the life of the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import socket
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 import requests
@@ -350,6 +352,74 @@ class KnativeHook(BaseHook):
                 else:
                     outcome = await self._asend(client, step, settings)
 
+    @contextlib.asynccontextmanager
+    async def astream(
+        self, request: Request, timeouts: Timeouts | None = None, *, idempotent: bool = False
+    ) -> AsyncIterator[tuple[Response, AsyncIterator[str]]]:
+        """Like :meth:`ainvoke`, but a 200 answer is not read whole: yields ``(head, lines)``.
+
+        For the executor's workload streams: the same flow decides every retry until the
+        service answers; a 200 answer's body then stays open and arrives line by line. Any
+        other final answer is read whole (``head.body``) and ``lines`` is empty.
+        """
+        import httpx
+
+        settings = await self.asettings()
+        timeouts = timeouts or settings.timeouts
+        flow = call_flow(request, timeouts, idempotent=idempotent)
+        outcome: Outcome = None
+        limits = httpx.Timeout(timeouts.read, connect=timeouts.connect)
+        verify = await asyncio.to_thread(settings.tls.ssl_context)
+        async with httpx.AsyncClient(timeout=limits, trust_env=False, verify=verify) as client:
+            opened: Any = None
+            try:
+                while True:
+                    try:
+                        step = flow.send(outcome)
+                    except StopIteration as done:
+                        yield done.value, (opened.aiter_lines() if opened is not None else _no_lines())
+                        return
+                    if opened is not None:
+                        await opened.aclose()
+                        opened = None
+                    if isinstance(step, Wait):
+                        self.log.info("%s", step.message)
+                        await asyncio.sleep(step.seconds)
+                        outcome = None
+                        continue
+                    req = step.request
+                    try:
+                        answer = await client.send(
+                            client.build_request(
+                                req.method,
+                                req.url,
+                                content=req.body,
+                                headers={**settings.headers, **req.headers(settings.secret)},
+                            ),
+                            stream=True,
+                        )
+                    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+                        raise InvocationError(f"{req.url}: {type(exc).__name__}: {_short(exc)}") from None
+                    except httpx.TransportError as exc:
+                        _raise_if_tls(req.url, exc)
+                        outcome = _httpx_failure(exc)
+                        continue
+                    content_type = answer.headers.get("content-type", "")
+                    if answer.status_code == 200:
+                        opened, outcome = answer, Response(200, content_type, b"")
+                        continue
+                    try:
+                        body = await answer.aread()
+                    except httpx.TransportError as exc:
+                        outcome = _httpx_failure(exc)
+                        continue
+                    finally:
+                        await answer.aclose()
+                    outcome = Response(answer.status_code, content_type, body)
+            finally:
+                if opened is not None:
+                    await opened.aclose()
+
     def _send(self, step: Send, settings: ServiceSettings, timeouts: Timeouts) -> Response | TransportFailure:
         request = step.request
         token = _call_connections.set(self._connections)
@@ -405,6 +475,11 @@ class KnativeHook(BaseHook):
         self._cancelled.set()
         for connection in list(self._connections):
             _shutdown(connection)
+
+
+async def _no_lines() -> AsyncIterator[str]:
+    return
+    yield
 
 
 #: the runtime's readiness endpoint, which the Test button calls

@@ -44,11 +44,19 @@ class _Repr(reprlib.Repr):
     def repr1(self, x: Any, level: int) -> str:
         if isinstance(x, ObjectRef):
             return f"<spilled {x.summary or 'value'}>"
-        module = type(x).__module__.split(".", 1)[0]
-        if module in ("numpy", "pandas", "pyarrow"):
+        if _tabular(x):
             text = " ".join(of(x, max_chars=self.maxother).split())  # one line inside a container
             return text if len(text) <= self.maxother else text[: self.maxother - 1] + ELLIPSIS
         return super().repr1(x, level)
+
+
+#: (top-level module, class name) of the values previewed by their first rows or items
+_TABULAR = {("numpy", "ndarray"), ("pandas", "DataFrame"), ("pandas", "Series"), ("pyarrow", "Table")}
+
+
+def _tabular(x: Any) -> bool:
+    t = type(x)
+    return (t.__module__.split(".", 1)[0], t.__name__) in _TABULAR
 
 
 _repr = _Repr()

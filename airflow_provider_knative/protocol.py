@@ -46,6 +46,7 @@ __all__ = [
     "SignatureError",
     "StoreSettings",
     "VersionMismatch",
+    "WorkloadRequest",
     "check_fresh",
     "function_id",
     "sign",
@@ -58,6 +59,10 @@ CONTENT_TYPE = "application/x-msgpack"
 INVOKE_PATH = "/invoke"
 #: ``GET /invocations/<id>?wait=<seconds>``: the outcome of an invocation, without starting it
 INVOCATIONS_PATH = "/invocations/"
+#: ``POST /workloads``: run an Airflow ``ExecuteTask`` workload (the KnativeExecutor)
+WORKLOADS_PATH = "/workloads"
+#: the event stream a workload request is answered with: one JSON object per line
+EVENTS_CONTENT_TYPE = "application/x-ndjson"
 SIGNATURE_HEADER = "X-Knative-Signature"
 TIMESTAMP_HEADER = "X-Knative-Timestamp"
 NONCE_HEADER = "X-Knative-Nonce"
@@ -184,6 +189,57 @@ def version_mismatch(got: Any) -> VersionMismatch:
         f"protocol version {got!r} is not supported: this runtime speaks version "
         f"{PROTOCOL_VERSION}; deploy the same provider version on Airflow and in the image"
     )
+
+
+@dataclass
+class WorkloadRequest:
+    """What the KnativeExecutor asks a runtime to run: one Airflow ``ExecuteTask`` workload.
+
+    ``workload`` is the workload's own JSON (Airflow's pydantic model, as the scheduler made
+    it), carried as text so the runtime validates it with the same model. ``delivery`` is the
+    id of this delivery (the scheduler's pre-assigned external executor id): a task instance
+    key is reused by reschedules and clears, a delivery id never is. The runtime answers a
+    delivery it already runs by joining it, never by starting a second supervisor.
+    """
+
+    delivery: str
+    workload: str
+    #: the scheduler's ``[core] executor``: the task runner checks every task's ``executor=``
+    #: against it while parsing the DAG, so the pod must know the same names
+    executor: str = ""
+    #: the Execution API URL the scheduler's tasks use (the runtime's own setting wins)
+    server: str = ""
+    version: int = PROTOCOL_VERSION
+
+    def encode(self) -> bytes:
+        return codec.dumps(
+            {
+                "v": self.version,
+                "delivery": self.delivery,
+                "workload": self.workload,
+                "executor": self.executor,
+                "server": self.server,
+            }
+        )
+
+    @classmethod
+    def decode(cls, body: bytes | bytearray | memoryview) -> WorkloadRequest:
+        data = codec.loads(body)
+        _require(isinstance(data, dict), "workload request must be a map")
+        if data.get("v") != PROTOCOL_VERSION:
+            raise version_mismatch(data.get("v"))
+        delivery, workload = data.get("delivery"), data.get("workload")
+        _require(isinstance(delivery, str) and 0 < len(delivery) <= 200, "delivery must be a short string")
+        _require(isinstance(workload, str) and workload != "", "workload must be the workload's JSON")
+        executor, server = data.get("executor", ""), data.get("server", "")
+        _require(isinstance(executor, str) and isinstance(server, str), "executor and server must be strings")
+        return cls(delivery=delivery, workload=workload, executor=executor, server=server)
+
+
+#: events of a workload stream (``{"event": ..., ...}`` per line)
+EVENT_ACCEPTED = "accepted"  # the supervisor is starting: {"runtime": pod, "pid": supervisor pid}
+EVENT_ALIVE = "alive"  # every few seconds while it runs
+EVENT_EXIT = "exit"  # {"code": exit code, "reason": why it stopped when the runtime stopped it}
 
 
 @dataclass

@@ -45,5 +45,6 @@ def get_provider_info() -> dict[str, Any]:
         "plugins": [
             {"name": "knative_gateway", "plugin-class": f"{PACKAGE}.gateway.plugin.GatewayPlugin"},
         ],
+        "executors": ["airflow_provider_knative.executors.KnativeExecutor"],
         "config": config.provider_config_section(),
     }

@@ -44,6 +44,7 @@ import base64
 import binascii
 import contextvars
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -168,7 +169,10 @@ def _classname(value: Any) -> str:
 def _native(value: Any, limit: int) -> Any:
     """``value`` as Airflow's serde writes it, when it is made of plain items and its JSON fits
     in ``limit``; ``_NOT_NATIVE`` otherwise. Only for display: the value is read from ``packed``."""
-    shape = _serde_shape(value, depth=0)
+    try:
+        shape = _serde_shape(value, depth=0)
+    except Exception:  # the display must never fail the push
+        return _NOT_NATIVE
     if shape is _NOT_NATIVE:
         return _NOT_NATIVE
     try:
@@ -193,8 +197,8 @@ def _serde_shape(value: Any, depth: int) -> Any:
         if t is not tuple and t is not list:
             try:
                 items = sorted(items)
-            except TypeError:
-                pass  # mixed types: iteration order
+            except Exception:  # mixed types, NaN Decimals, arrays: iteration order
+                pass
         shaped = [_serde_shape(item, depth + 1) for item in items]
         if any(item is _NOT_NATIVE for item in shaped):
             return _NOT_NATIVE
@@ -213,24 +217,115 @@ def _size(size: int) -> str:
     return f"{size} bytes"  # pragma: no cover - the loop always returns
 
 
+#: Airflow 3.3 hands XCom values to tasks through its Execution API, whose pydantic models
+#: parse JSON with a 200-level nesting limit; the value sits inside {"key": ..., "value": ...},
+#: so the value itself may nest 199 levels (tests/test_xcom_exact.py checks the real models).
+AIRFLOW_JSON_MAX_DEPTH = 199
+#: deepest plain-JSON value: within Airflow's limit and the codec's (one depth rule for both)
+PLAIN_JSON_MAX_DEPTH = min(AIRFLOW_JSON_MAX_DEPTH, codec.MAX_DEPTH)
+# integers every XCom database keeps exactly (MySQL's JSON type turns larger ones into doubles)
+_PLAIN_INT_MIN, _PLAIN_INT_MAX = -(2**63), 2**64 - 1
+# keys Airflow's serde reserves: a plain dict holding one would be read back as something else
+_SERDE_KEYS = frozenset(
+    {"__classname__", "__version__", "__data__", "__type", "__var", "__source", "__id__", "__cache__"}
+)
+
+
 def _as_plain_json(value: Any, limit: int) -> bool:
-    """Whether ``value`` can be stored as itself: JSON round-trips it exactly within ``limit``."""
+    """Whether ``value`` can be stored as itself: plain JSON that every reader gets back exactly.
+
+    Taken only when the stored JSON reads back as the very same value *and type* and Airflow
+    accepts it: exact dict (str keys)/list/str/int/float/bool/None, no subclasses (an IntEnum
+    or a numpy float64 would come back as int/float); floats within ±1e16 other than -0.0
+    (Airflow's API refuses NaN/inf; PostgreSQL's JSONB turns -0.0 into 0.0 and 1e16 into an
+    int); integers within 64 bits (MySQL keeps no more); no NUL characters (JSONB refuses
+    them); no serde-reserved keys; nesting within ``PLAIN_JSON_MAX_DEPTH``; and JSON of at
+    most ``limit`` bytes. Everything else is packed, which carries it exactly.
+    """
     if is_marker(value):
         return False  # a user value that looks like ours: packed, so it comes back unchanged
+    if not _plain_shape(value):
+        return False
     try:
         text = _json_encode(value)
-    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError):
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        return False  # e.g. lone surrogates, which UTF-8 cannot carry
+    if len(text) > limit or b"\\u0000" in text:
         return False
-    if len(text) > limit:
-        return False
-    try:
-        # The encoder also accepts tuples, sets, datetimes, bytes, non-str keys, NaN (as null)
-        # and subclasses, all of which come back as something else; equality after the round
-        # trip is the exact, C-speed check for all of it. (1 == True == 1.0 in Python, but
-        # JSON keeps bool, int and float apart, so that equality cannot hide a change.)
-        return bool(_json_decode(text) == value)
-    except Exception:
-        return False
+    return not (b'"__' in text and _has_serde_key(value))
+
+
+def _plain_shape(value: Any) -> bool:
+    """Exact JSON types only, floats and ints every reader keeps, str keys, depth within limits.
+
+    One iterative pass over the value, level by level, looking at each item's type once (the
+    checks are inlined: this runs for every XCom value and costs about what encoding it does).
+    Floats: -1e16 < x < 1e16 excludes NaN and infinities, and the floats that are written
+    1e16, 1.5e16, ... which PostgreSQL's JSONB gives back as 10000000000000000: an int; -0.0
+    it gives back as 0.0.
+    """
+    t = type(value)
+    if t is not dict and t is not list:
+        return _plain_leaf(value)
+    int_min, int_max, copysign = _PLAIN_INT_MIN, _PLAIN_INT_MAX, math.copysign
+    level = [value]
+    depth = 1
+    while True:
+        nxt: list[Any] = []
+        push = nxt.append
+        for obj in level:
+            items: Any
+            if type(obj) is dict:
+                for key in obj:
+                    if type(key) is not str:
+                        return False
+                items = obj.values()
+            else:
+                items = obj
+            for x in items:
+                tx = type(x)
+                if tx is str or x is None or tx is bool:
+                    continue
+                if tx is int:
+                    if int_min <= x <= int_max:
+                        continue
+                    return False
+                if tx is float:
+                    if -1e16 < x < 1e16 and (x != 0.0 or copysign(1.0, x) > 0):
+                        continue
+                    return False
+                if tx is dict or tx is list:
+                    push(x)
+                    continue
+                return False
+        if not nxt:
+            return True
+        depth += 1
+        if depth > PLAIN_JSON_MAX_DEPTH:
+            return False
+        level = nxt
+
+
+def _plain_leaf(x: Any) -> bool:
+    t = type(x)
+    if t is int:
+        return _PLAIN_INT_MIN <= x <= _PLAIN_INT_MAX
+    if t is float:
+        return -1e16 < x < 1e16 and (x != 0.0 or math.copysign(1.0, x) > 0)
+    return t is str or t is bool or x is None
+
+
+def _has_serde_key(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        obj = stack.pop()
+        if type(obj) is dict:
+            if not _SERDE_KEYS.isdisjoint(obj):
+                return True
+            stack.extend(obj.values())
+        elif type(obj) is list:
+            stack.extend(obj)
+    return False
 
 
 def spill(

@@ -546,3 +546,43 @@ def test_no_signing_secret_warns_that_the_runtime_will_not_start(tmp_path: Path)
     assert code == 0 and "no --signing-secret" not in err
     code, _, err = run_deploy_cli(base)
     assert "no --signing-secret" not in err
+
+
+def test_the_executors_services_are_emitted_with_what_the_runtime_needs(tmp_path: Path) -> None:
+    """Tasks the KnativeExecutor runs (by [core] executor and the executor's routing) get
+    Services too: workloads on, the request timeout, the Execution API URL, the image's DAG
+    folder, task logs in the store; a task on another executor gets none."""
+    executor = "knative:airflow_provider_knative.executors.KnativeExecutor,LocalExecutor"
+    manifests = manifests_of(
+        HERE / "executor_dags",
+        *("--executor", executor, "--execution-api-url", "http://airflow-api.airflow.svc:8080/execution/"),
+        *("--remote-log-folder", "knative+s3://logs-bucket/task-logs"),
+    )
+    assert set(manifests) == {"airflow-tasks", "exec-cold", "exec-never", "exec-replay"}
+    default = manifests["airflow-tasks"]
+    tasks = default["metadata"]["annotations"]["airflow-provider-knative/task-ids"].split(",")
+    assert "exec_values.bash_op" in tasks and "exec_values.square" in tasks
+    assert "exec_values.via_local" not in tasks  # executor="LocalExecutor"
+    env = _env(default)
+    assert env["AIRFLOW__KNATIVE__WORKLOADS"] == "true"
+    assert env["AIRFLOW__KNATIVE__REQUEST_TIMEOUT_SECONDS"] == "600"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-api.airflow.svc:8080/execution/"
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/airflow/dags"
+    assert env["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"] == "knative+s3://logs-bucket/task-logs"
+    assert not any("SQL_ALCHEMY_CONN" in name for name in env)  # the pod never gets the database
+    assert default["spec"]["template"]["spec"]["timeoutSeconds"] == 600
+    for manifest in manifests.values():
+        assert validation_errors(manifest) == []
+    # without the KnativeExecutor in [core] executor, the same folder needs no Service
+    code, _, err = run_deploy_cli(
+        [
+            "manifests",
+            "--dags-folder",
+            str(HERE / "executor_dags"),
+            "--image",
+            "i:1",
+            "--executor",
+            "LocalExecutor",
+        ]
+    )
+    assert code != 0 and "sends no task to the KnativeExecutor" in err

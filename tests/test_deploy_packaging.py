@@ -310,3 +310,17 @@ def test_helm_values_use_no_deprecated_chart_keys() -> None:
     for executor in ("celery", "kubernetes"):  # the replacements are there, with fixed names
         account = values["workers"][executor]["serviceAccount"]
         assert account["create"] is True and account["name"]
+
+
+def test_helm_values_show_the_multi_executor_setup() -> None:
+    """Celery by default, the KnativeExecutor for tasks that ask for it by its alias; task
+    logs through the object store (the executor's pods share no disk with the api-server)."""
+    from airflow_provider_knative.deploy.collect import executor_names
+    from airflow_provider_knative.deploy.manifests import LOGGING_CONFIG_CLASS
+
+    values = yaml.safe_load((REPO / "values.yaml").read_text())
+    names, is_default = executor_names(values["config"]["core"]["executor"])
+    assert "knative" in names and not is_default
+    assert values["config"]["core"]["execution_api_server_url"].endswith("/execution/")
+    assert values["config"]["logging"]["logging_config_class"] == LOGGING_CONFIG_CLASS
+    assert values["config"]["logging"]["remote_base_log_folder"].startswith("knative+s3://")

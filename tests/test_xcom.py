@@ -65,7 +65,6 @@ def objects(url: str) -> list[str]:
         -(2**63),
         2**64 - 1,
         1.5,
-        -0.0,
         "",
         "héllo ✓",
         [],

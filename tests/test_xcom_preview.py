@@ -14,9 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from airflow.serialization.stringify import stringify
+from exact_values import assert_same, values
+from hypothesis import HealthCheck, given, settings
 
 from airflow_provider_knative import codec, preview, xcom
 from airflow_provider_knative.codec import ObjectRef
+from airflow_provider_knative.walk import leaves
 from airflow_provider_knative.xcom import MARKER, KnativeXComBackend, pass_references
 
 Row = namedtuple("Row", "value")
@@ -66,6 +69,11 @@ def frame(rows: int) -> pd.DataFrame:
         ({1: "int key"}, "builtins.dict@version=1({1: 'int key'})"),
         (b"\x00bytes", "builtins.bytes@version=1(b'\\x00bytes')"),
         (np.arange(5), "numpy.ndarray@version=1([0, 1, 2, 3, 4])"),
+        (np.float64(1.5), "numpy.float64@version=1(np.float64(1.5))"),
+        (
+            [np.int32(7), pd.Timestamp("2024-01-01")],
+            "builtins.list@version=1([np.int32(7), Timestamp('2024-01-01 00:00:00')])",
+        ),
         ((np.arange(3), 1), "builtins.tuple@version=1(([0, 1, 2], 1))"),
     ],
     ids=repr,
@@ -195,3 +203,18 @@ def test_display_keys_never_decide_the_value(file_store: str) -> None:
     stored["preview"] = "tampered"
     assert read(stored) == (1, 2)
     assert xcom.is_marker(stored)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=values)
+def test_every_carried_value_gets_a_real_preview_and_reads_back_exactly(file_store: str, value: Any) -> None:
+    """For anything the codec carries: a preview that is not the fallback, text in the UI, and
+    the very same value back (the display keys never change what is read)."""
+    if any(isinstance(leaf, ObjectRef) for leaf in leaves(value)):
+        return  # made-up references point nowhere: nothing to read back
+    stored = stored_for(value)
+    if not xcom.is_marker(stored):
+        return  # plain JSON: the UI shows it as it is
+    assert "(no preview:" not in stored["preview"], (value, stored["preview"])
+    assert isinstance(shown(stored), str)
+    assert_same(read(stored), value)

@@ -51,6 +51,24 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
         default="/opt/airflow/dags",
         help="where the DAG files are inside the image (default: %(default)s)",
     )
+    parser.add_argument(
+        "--executor",
+        default=None,
+        help="the deployment's [core] executor, to find the tasks the KnativeExecutor runs "
+        "(default: this environment's [core] executor)",
+    )
+    parser.add_argument(
+        "--execution-api-url",
+        default=None,
+        help="the api-server's Execution API URL as the executor's Services reach it "
+        "(default: this environment's [core] execution_api_server_url)",
+    )
+    parser.add_argument(
+        "--remote-log-folder",
+        default=None,
+        help="knative+s3://... folder for the task logs of executor Services "
+        "(default: this environment's [logging] remote_base_log_folder, when it is one)",
+    )
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,16 +175,38 @@ def _namespace(args: argparse.Namespace) -> str:
     return str(config.get("namespace"))
 
 
+def _airflow_option(args: argparse.Namespace, attr: str, section: str, key: str) -> str | None:
+    """A command-line value, else this environment's Airflow setting (None when unset)."""
+    value = getattr(args, attr, None)
+    if value is None:
+        from airflow.configuration import conf
+
+        value = conf.get(section, key, fallback="") or ""
+    return str(value) or None
+
+
+def _core_executor(args: argparse.Namespace) -> str:
+    return _airflow_option(args, "executor", "core", "executor") or ""
+
+
+def _remote_log_folder(args: argparse.Namespace) -> str | None:
+    folder = _airflow_option(args, "remote_log_folder", "logging", "remote_base_log_folder")
+    return folder if folder and folder.startswith("knative+") else None
+
+
 def _collect(args: argparse.Namespace, defaults: Any = None) -> Any:
     """DAG folder → services; raises CollectError/SettingsError with every problem found."""
     from airflow_provider_knative.deploy.collect import CollectError, collect, parse_dags
 
-    collection = collect(parse_dags(args.dags_folder), _namespace(args), defaults)
+    collection = collect(parse_dags(args.dags_folder), _namespace(args), defaults, _core_executor(args))
     for note in collection.skipped:
         print(f"skipped: {note}", file=sys.stderr)
     if not collection.services:
         raise CollectError(
-            [f"no @task.knative or KnativeOperator task in {args.dags_folder} needs a Knative Service"]
+            [
+                f"no @task.knative or KnativeOperator task in {args.dags_folder} needs a Knative Service, and "
+                f"[core] executor ({_core_executor(args) or 'unset'}) sends no task to the KnativeExecutor"
+            ]
         )
     return collection
 
@@ -183,6 +223,8 @@ def _build(args: argparse.Namespace) -> list[dict[str, Any]]:
         store_secret=args.store_secret or None,
         signing_secret=args.signing_secret or None,
         dags_folder=args.image_dags_folder,
+        execution_api_url=_airflow_option(args, "execution_api_url", "core", "execution_api_server_url"),
+        remote_log_folder=_remote_log_folder(args),
     )
     for spec in collection.services:
         print(f"service {spec.namespace}/{spec.name}: {', '.join(spec.tasks)}", file=sys.stderr)

@@ -1,15 +1,18 @@
 """DAGs → the Knative Services they need.
 
 Parses the DAG folder with Airflow's own DagBag (so "what Airflow sees" and "what we
-deploy" cannot disagree), finds every ``@task.knative`` and ``KnativeOperator`` task, and
-groups them by service: tasks that share a service share warm pods, so there is one
-Knative Service per (namespace, service name). Every problem found is collected, and all of
-them are reported together, so one run shows everything to fix.
+deploy" cannot disagree), finds every ``@task.knative`` and ``KnativeOperator`` task and every
+task the KnativeExecutor runs (by the deployment's ``[core] executor`` and the executor's own
+routing rule, ``executors.routing``), and groups them by service: tasks that share a service
+share warm pods, so there is one Knative Service per (namespace, service name). A Service
+that runs executor tasks is marked ``workloads``. Every problem found is collected, and all
+of them are reported together, so one run shows everything to fix.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -50,6 +53,8 @@ class ServiceSpec:
     namespace: str
     settings: dict[str, Any] = field(default_factory=dict)
     tasks: list[str] = field(default_factory=list)  # "dag_id.task_id"
+    #: runs whole Airflow tasks for the KnativeExecutor (POST /workloads)
+    workloads: bool = False
 
     @property
     def dag_ids(self) -> list[str]:
@@ -69,6 +74,47 @@ class _TaskUse:
     namespace: Any
     url: Any
     settings: Any
+    workloads: bool = False
+
+
+OUR_EXECUTOR = "airflow_provider_knative.executors.KnativeExecutor"
+
+
+def executor_names(core_executor: str) -> tuple[set[str], bool]:
+    """The names a task's ``executor=`` may give the KnativeExecutor in a deployment whose
+    ``[core] executor`` is ``core_executor``, and whether it is the default (listed first)."""
+    names: set[str] = set()
+    default = False
+    for position, entry in enumerate(filter(None, (e.strip() for e in core_executor.split(",")))):
+        alias, _, path = entry.rpartition(":")
+        if path.split(".")[-1] == "KnativeExecutor" and path.startswith("airflow_provider_knative"):
+            names.update({path, "KnativeExecutor", *([alias] if alias else [])})
+            default = default or position == 0
+    return names, default
+
+
+def _executor_uses(dags: Mapping[str, Any], core_executor: str) -> Iterator[_TaskUse]:
+    """The tasks the KnativeExecutor runs, each with the Service the executor would send it to."""
+    from airflow_provider_knative.executors import routing
+
+    names, is_default = executor_names(core_executor)
+    if not names:
+        return
+    for dag_id in sorted(dags):
+        for task in sorted(dags[dag_id].tasks, key=lambda t: t.task_id):
+            chosen = getattr(task, "executor", None)
+            if not (chosen in names or (chosen is None and is_default)):
+                continue
+            target = routing.route(task)
+            knative = (getattr(task, "executor_config", None) or {}).get("knative") or {}
+            yield _TaskUse(
+                f"{dag_id}.{task.task_id}",
+                target.service,
+                target.namespace,
+                None,
+                knative.get("service_settings") or {},
+                workloads=True,
+            )
 
 
 def _is_knative(task: Any) -> tuple[bool, Mapping[str, Any] | None]:
@@ -166,15 +212,20 @@ def collect(
     dags: Mapping[str, Any],
     namespace: str,
     defaults: DefaultsFile | None = None,
+    core_executor: str = "",
 ) -> Collection:
-    """Group the knative tasks of ``dags`` into services with merged, checked settings."""
+    """Group the knative tasks of ``dags`` into services with merged, checked settings.
+
+    ``core_executor`` is the deployment's ``[core] executor``: the tasks it sends to the
+    KnativeExecutor need Services too.
+    """
     defaults = defaults or DefaultsFile.empty()
     problems: list[str] = []
     skipped: list[str] = []
     specs: dict[tuple[str, str], ServiceSpec] = {}
     origin: dict[tuple[str, str], dict[str, str]] = {}  # which task set each key
 
-    for use in _uses(dags):
+    for use in itertools.chain(_uses(dags), _executor_uses(dags, core_executor)):
         if use.url:
             skipped.append(f"{use.ref}: calls url={use.url!r}, a service not deployed by airflow-knative")
             continue
@@ -207,6 +258,7 @@ def collect(
             )
             continue
         spec.tasks.append(use.ref)
+        spec.workloads = spec.workloads or use.workloads
         _merge_task(spec, origin[key], task_settings, use.ref, problems)
 
     services = []

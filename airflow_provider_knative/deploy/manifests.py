@@ -48,6 +48,7 @@ SIGNING_SECRET_KEY = "signing-secret"
 CONTAINER_PORT = 8080
 DAGS_FOLDER_IN_IMAGE = "/opt/airflow/dags"
 MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+LOGGING_CONFIG_CLASS = "airflow_provider_knative.log_config.LOGGING_CONFIG"
 
 _AUTOSCALING = {
     "min_scale": "min-scale",
@@ -73,6 +74,10 @@ class ManifestOptions:
     store_secret: str | None = "airflow-knative-store"
     signing_secret: str | None = "airflow-knative-signing"
     dags_folder: str = DAGS_FOLDER_IN_IMAGE
+    #: where the KnativeExecutor's tasks reach the Execution API (the api-server's /execution/)
+    execution_api_url: str | None = None
+    #: ``knative+s3://...``: the object store folder task logs go to (read by the api-server)
+    remote_log_folder: str | None = None
 
 
 def security_context(settings: dict[str, Any]) -> dict[str, Any]:
@@ -117,11 +122,34 @@ def _env(spec: ServiceSpec, options: ManifestOptions) -> list[dict[str, Any]]:
                 "valueFrom": {"secretKeyRef": {"name": options.signing_secret, "key": SIGNING_SECRET_KEY}},
             }
         )
+    if spec.workloads:
+        env += _workload_env(spec, options)
     for name, value in sorted(settings.get("env", {}).items()):
         if isinstance(value, dict):
             env.append({"name": name, "valueFrom": _value_from(value)})
         else:
             env.append({"name": name, "value": value})
+    return env
+
+
+def _workload_env(spec: ServiceSpec, options: ManifestOptions) -> list[dict[str, Any]]:
+    """What a Service running the KnativeExecutor's tasks needs: no database, only the
+    Execution API, the same DAG bundle as the scheduler, and the task logs' destination."""
+    env = [
+        {"name": config.OPTIONS["workloads"].env_var, "value": "true"},
+        {
+            "name": config.OPTIONS["request_timeout_seconds"].env_var,
+            "value": str(spec.settings["timeout_seconds"]),
+        },
+        {"name": "AIRFLOW__CORE__DAGS_FOLDER", "value": options.dags_folder},
+    ]
+    if options.execution_api_url:
+        env.append({"name": "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "value": options.execution_api_url})
+    if options.remote_log_folder:
+        env += [
+            {"name": "AIRFLOW__LOGGING__LOGGING_CONFIG_CLASS", "value": LOGGING_CONFIG_CLASS},
+            {"name": "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER", "value": options.remote_log_folder},
+        ]
     return env
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DAG = "compute_avg_distributed"
+EXECUTOR_DAG = "compute_avg_unmodified"
 
 
 def register(subparsers: Any) -> None:
@@ -31,7 +32,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--dags-folder", type=Path, default=Path("example_dags"), help="DAG files for Airflow and the runtime"
     )
-    parser.add_argument("--dag", default=DEFAULT_DAG, help="the DAG to trigger through the gateway")
+    parser.add_argument(
+        "--dag",
+        default=None,
+        help=f"the DAG to trigger through the gateway (default: {DEFAULT_DAG}; with --executor knative: "
+        f"{EXECUTOR_DAG}, an unmodified DAG)",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "knative"),
+        default="local",
+        help="local: LocalExecutor runs the tasks (@task.knative steps call the runtime); knative: the "
+        "KnativeExecutor runs every task in the runtime, unmodified DAGs included (default: %(default)s)",
+    )
     parser.add_argument("--input", default="[1, 2, 3, 4]", help="JSON input of the workflow")
     parser.set_defaults(handler=run)
 
@@ -57,7 +70,14 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    stack = LocalStack(args.state_dir, args.dags_folder, api_port=args.port, wait_for_dags=(args.dag,))
+    args.dag = args.dag or (EXECUTOR_DAG if args.executor == "knative" else DEFAULT_DAG)
+    stack = LocalStack(
+        args.state_dir,
+        args.dags_folder,
+        api_port=args.port,
+        wait_for_dags=(args.dag,),
+        executor=args.executor,
+    )
     print(
         f"starting Airflow on {stack.url} and a Knative runtime on {stack.runtime_url} "
         f"(logs in {stack.state_dir / 'logs'}) ...",

@@ -46,6 +46,10 @@ def free_port(preferred: int | None = None) -> int:
         return int(s.getsockname()[1])
 
 
+#: how the local stack names the KnativeExecutor in [core] executor (tasks opt in with executor="knative")
+KNATIVE_EXECUTOR = "knative:airflow_provider_knative.executors.KnativeExecutor"
+
+
 @dataclass
 class Process:
     name: str
@@ -70,11 +74,19 @@ class LocalStack:
     db_url: str | None = None  # default: SQLite in state_dir
     extra_env: Mapping[str, str] = field(default_factory=dict)
     wait_for_dags: tuple[str, ...] = ()
+    #: "local": LocalExecutor runs every task; "knative": the KnativeExecutor runs every task that
+    #: does not ask for another executor (executor="LocalExecutor"), in the runtime
+    executor: str = "local"
+    #: environment only the runtime process gets (after ``extra_env``)
+    runtime_env: Mapping[str, str] = field(default_factory=dict)
+    #: the DAG folder baked into the runtime's "image" (default: the same as Airflow's)
+    runtime_dags_folder: Path | None = None
     processes: list[Process] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).resolve()
         self.dags_folder = Path(self.dags_folder).resolve()
+        self.runtime_dags_folder = Path(self.runtime_dags_folder or self.dags_folder).resolve()
         self.home = self.state_dir / "airflow"
         self.api_port = free_port(self.api_port)
         self.runtime_port = free_port()
@@ -122,18 +134,31 @@ class LocalStack:
                 "AIRFLOW__KNATIVE__URL_TEMPLATE": self.runtime_url,
             }
         )
+        if self.executor == "knative":
+            env.update(
+                {
+                    "AIRFLOW__CORE__EXECUTOR": f"{KNATIVE_EXECUTOR},LocalExecutor",
+                    "AIRFLOW__KNATIVE__WORKLOADS": "true",
+                    # no shared disk between Airflow and the runtime: task logs go through the store
+                    "AIRFLOW__LOGGING__LOGGING_CONFIG_CLASS": "airflow_provider_knative.log_config.LOGGING_CONFIG",
+                    "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": "knative+"
+                    + (self.state_dir / "task-logs").as_uri(),
+                }
+            )
+        elif self.executor != "local":
+            raise StackError(f"executor must be 'local' or 'knative', got {self.executor!r}")
         env.update(self.extra_env)
         return env
 
     # --- lifecycle -------------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str]) -> Process:
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> Process:
         log_dir = self.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{name}.log"
         log_file = open(log_path, "ab")
         popen = subprocess.Popen(
             argv,
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=self.state_dir,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -160,25 +185,71 @@ class LocalStack:
             )
             for name in COMPONENTS:
                 self._spawn(name, ["airflow", name])
-            self._spawn(
-                "runtime",
-                [  # = airflow-knative serve, the container entrypoint (imports only the runtime)
-                    sys.executable,
-                    "-m",
-                    "airflow_provider_knative.runtime",
-                    "serve",
-                    "--dags-folder",
-                    str(self.dags_folder),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.runtime_port),
-                ],
-            )
+            self.start_runtime()
             self.wait_healthy()
         except BaseException:
             self.stop()
             raise
+
+    def start_runtime(self) -> Process:
+        """The runtime (``airflow-knative serve``, the container entrypoint), on its fixed port."""
+        return self._spawn(
+            "runtime",
+            [  # = airflow-knative serve, the container entrypoint (imports only the runtime)
+                sys.executable,
+                "-m",
+                "airflow_provider_knative.runtime",
+                "serve",
+                "--dags-folder",
+                str(self.runtime_dags_folder),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.runtime_port),
+            ],
+            env={
+                # the pod's own image and log folder (nothing shared with Airflow's), no database
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.runtime_dags_folder),
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.state_dir / "runtime-logs"),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://nobody@127.0.0.1:1/not-for-the-runtime",
+                **self.runtime_env,
+            },
+        )
+
+    def process(self, name: str) -> Process:
+        """The running process called ``name`` (the last one started)."""
+        for p in reversed(self.processes):
+            if p.name == name:
+                return p
+        raise StackError(f"no process {name!r} in this stack")
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Signal ``name`` and every process under it, as a pod or host going down would, and reap it."""
+        import psutil
+
+        p = self.process(name)
+        try:
+            tree = [psutil.Process(p.popen.pid), *psutil.Process(p.popen.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        for proc in tree:
+            try:
+                proc.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        if sig == signal.SIGKILL:
+            p.popen.wait()
+
+    def restart(self, name: str) -> Process:
+        """Start ``name`` again (after :meth:`kill`): the runtime on its port, or an Airflow component."""
+        old = self.process(name)
+        if old.popen.poll() is None:
+            raise StackError(f"{name} is still running (pid {old.popen.pid}); kill it first")
+        old.log_file.close()
+        self.processes.remove(old)
+        if name == "runtime":
+            return self.start_runtime()
+        return self._spawn(name, ["airflow", name])
 
     def _check_alive(self) -> None:
         for p in self.processes:

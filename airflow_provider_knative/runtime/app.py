@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -31,6 +32,7 @@ from airflow_provider_knative.functions import FunctionInfo
 from airflow_provider_knative.runtime import invoke
 from airflow_provider_knative.runtime.ledger import Ledger
 from airflow_provider_knative.runtime.loader import ImportFailure
+from airflow_provider_knative.runtime.workload_runs import Busy, WorkloadRuns
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -102,6 +104,8 @@ class RuntimeApp:
         self._lock = threading.Lock()
         self._waiting: set[asyncio.Future[Any]] = set()
         self._expired = False
+        #: the workloads of the KnativeExecutor, when this runtime accepts them
+        self.workloads: WorkloadRuns | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -117,6 +121,8 @@ class RuntimeApp:
             await self._invoke(scope, receive, send)
         elif path.startswith(protocol.INVOCATIONS_PATH) and method == "GET":
             await self._status(scope, send)
+        elif path == protocol.WORKLOADS_PATH and method == "POST":
+            await self._workload(scope, receive, send)
         elif path == "/healthz":
             await self._json(send, 200, {"status": "ok", "in_flight": self.in_flight})
         elif path == "/readyz":
@@ -211,12 +217,15 @@ class RuntimeApp:
         with self._lock:
             self.buffering -= size
 
-    async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _admit(
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> tuple[bytearray, dict[str, str]] | None:
+        """The body and headers of a request that passed admission; None once refused (answered)."""
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = self._refusal(headers)
         if refusal is not None:
             await self._respond(send, refusal)
-            return
+            return None
         limit = self.limits.max_body_bytes
         declared = headers.get("content-length")
         reserved = int(declared) if declared is not None and declared.isdigit() else limit
@@ -227,18 +236,84 @@ class RuntimeApp:
                     503, "Busy", "this runtime is reading as many request bodies as it may hold; retry"
                 ),
             )
-            return
+            return None
         try:
             body = await self._read_body(receive, limit)
         finally:
             self._release(reserved)
         if body is None:
-            return
+            return None
         if isinstance(body, invoke.Outcome):
             await self._respond(send, body)
+            return None
+        return body, headers
+
+    async def _invoke(self, scope: Scope, receive: Receive, send: Send) -> None:
+        admitted = await self._admit(scope, receive, send)
+        if admitted is not None:
+            await self._respond(send, await self._run(*admitted))
+
+    # ------------------------------------------------------------------ POST /workloads
+
+    async def _workload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runs = self.workloads
+        if runs is None:
+            await self._respond(
+                send,
+                invoke.error_outcome(
+                    404,
+                    "WorkloadsDisabled",
+                    "this runtime does not run Airflow task workloads: start it with [knative] workloads = true "
+                    "(airflow-knative manifests sets it on the KnativeExecutor's Services)",
+                ),
+            )
             return
-        outcome = await self._run(body, headers)
-        await self._respond(send, outcome)
+        admitted = await self._admit(scope, receive, send)
+        if admitted is None:
+            return
+        body, headers = admitted
+        try:
+            invoke.verify(body, headers, self.limits, self.guard, method="POST", path=protocol.WORKLOADS_PATH)
+            request = protocol.WorkloadRequest.decode(body)
+        except invoke.Rejected as exc:
+            await self._respond(send, invoke.error_outcome(exc.status, exc.type, exc.message))
+            return
+        except protocol.VersionMismatch as exc:
+            await self._respond(send, invoke.error_outcome(400, "VersionMismatch", str(exc)))
+            return
+        except (protocol.ProtocolError, protocol.codec.CodecError) as exc:
+            await self._respond(send, invoke.error_outcome(400, "ProtocolError", str(exc)))
+            return
+        server = os.environ.get("AIRFLOW__CORE__EXECUTION_API_SERVER_URL") or request.server
+        try:
+            run = runs.start_or_join(request, executor=request.executor, server=server)
+        except Busy:
+            await self._respond(
+                send,
+                invoke.error_outcome(
+                    503,
+                    "Busy",
+                    f"this runtime runs {runs.capacity} workloads already ([knative] container_concurrency)",
+                ),
+            )
+            return
+        assert run.first is not None
+        first = await run.first
+        if first[0] == "refused":
+            await self._respond(send, invoke.error_outcome(422, first[1], first[2]))
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", protocol.EVENTS_CONTENT_TYPE.encode())],
+            }
+        )
+        async for event in runs.events(run):
+            await send(
+                {"type": "http.response.body", "body": json.dumps(event).encode() + b"\n", "more_body": True}
+            )
+        await send({"type": "http.response.body", "body": b""})
 
     @staticmethod
     async def _read_body(receive: Receive, limit: int) -> bytearray | invoke.Outcome | None:
@@ -346,6 +421,11 @@ class RuntimeApp:
             future.cancel()
         if self.on_expire is not None:
             self.on_expire()
+        if self.workloads is not None:
+            self.workloads.stop_all(
+                "the pod is shutting down (SIGTERM: scale-down or a new revision) and the task did not finish "
+                "within [knative] drain_timeout_seconds; Airflow's task retries apply"
+            )
 
     def _drain_timeout(self) -> invoke.Outcome:
         return invoke.error_outcome(

@@ -48,6 +48,7 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 #: job kind -> "module:function" run in the child as ``function(payload, emit) -> None``
 HANDLERS = {
     "invoke": "airflow_provider_knative.runtime.isolation:run_in_child",
+    "workload": "airflow_provider_knative.runtime.workload:run_in_child",
 }
 
 
@@ -91,10 +92,10 @@ class Job:
     exit_status: int | None = None
     _server: ForkServer | None = None
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the job's whole process group (no-op once it has exited)."""
+    def kill(self, sig: int = signal.SIGKILL, *, group: bool = True) -> None:
+        """Signal the job's whole process group, or only its process (no-op once it has exited)."""
         if self.exit_status is None and self._server is not None:
-            self._server.kill(self.id, sig)
+            self._server.kill(self.id, sig, group=group)
 
     def messages(self, timeout: float | None = None) -> Iterator[Any]:
         """The child's messages in order, until it exits (``exit_status`` is set then)."""
@@ -114,9 +115,12 @@ class Job:
 class ForkServer:
     """The server's handle on the fork server process (see the module docstring)."""
 
-    def __init__(self, dags_folder: str, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, dags_folder: str, *, env: dict[str, str] | None = None, workloads: bool = False
+    ) -> None:
         self.dags_folder = dags_folder
         self.env = env
+        self.workloads = workloads
         self.ready: dict[str, Any] | None = None
         self.alive = False
         self._ready = threading.Event()
@@ -130,7 +134,11 @@ class ForkServer:
         """Spawn the fork server; it imports the DAG folder, then reports ``ready``."""
         ours, theirs = socket.socketpair()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", __name__, "--dags-folder", self.dags_folder, "--fd", str(theirs.fileno())],
+            [
+                *(sys.executable, "-m", __name__, "--dags-folder", self.dags_folder),
+                *("--fd", str(theirs.fileno())),
+                *(["--workloads"] if self.workloads else []),
+            ],
             pass_fds=(theirs.fileno(),),
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -160,10 +168,11 @@ class ForkServer:
             send_message(self._sock, ["run", job.id, kind, payload])
         return job
 
-    def kill(self, job_id: int, sig: int) -> None:
+    def kill(self, job_id: int, sig: int, *, group: bool = True) -> None:
+        """Signal a job: its whole process group, or (``group=False``) only its own process."""
         with self._lock:
             if self.alive and self._sock is not None and job_id in self._jobs:
-                send_message(self._sock, ["kill", job_id, int(sig)])
+                send_message(self._sock, ["kill", job_id, int(sig), group])
 
     def running(self) -> list[Job]:
         with self._lock:
@@ -251,9 +260,16 @@ def _child(job: int, kind: str, payload: Any, write_fd: int, control: socket.soc
     code = 0
     try:
         control.close()
-        os.setpgid(0, 0)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        os.setsid()  # a session of its own: killing the job's group kills what it started
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        # nothing of the fork server's survives in the job but its pipe: other jobs' pipes,
+        # sockets and the selector would otherwise stay open in every child
+        os.closerange(3, write_fd)
+        os.closerange(write_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
 
         def emit(data: Any) -> None:
             blob = msgpack.packb(data, use_bin_type=True)
@@ -321,7 +337,11 @@ def serve_forks(control: socket.socket, functions_ready: dict[str, Any]) -> None
                         children[job] = by_pid[pid] = _Child(job, pid, read_fd)
                         selector.register(read_fd, selectors.EVENT_READ, job)
                     elif message[0] == "kill" and message[1] in children:
-                        _killpg(children[message[1]].pid, message[2])
+                        pid = children[message[1]].pid
+                        if message[3] if len(message) > 3 else True:
+                            _killpg(pid, message[2])
+                        else:
+                            _kill(pid, message[2])
             else:
                 child = children[key.data]
                 chunk = os.read(child.pipe, 1 << 20)
@@ -362,10 +382,18 @@ def _killpg(pid: int, sig: int) -> None:
         pass
 
 
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m airflow_provider_knative.runtime.forkserver")
     parser.add_argument("--dags-folder", required=True)
     parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--workloads", action="store_true", help="pre-import what Airflow tasks need")
     args = parser.parse_args(argv)
     control = socket.socket(fileno=args.fd)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the server decides when jobs stop
@@ -375,8 +403,18 @@ def main(argv: list[str] | None = None) -> int:
 
     logs.install()
     started = time.time()
-    os.environ.setdefault("_AIRFLOW__AS_LIBRARY", "1")
+    if args.workloads:
+        # Airflow tasks run here: Airflow initialises as in its own workers (plugins, settings),
+        # without a database connection, which a task never needs (it has the Execution API)
+        os.environ.pop("_AIRFLOW__AS_LIBRARY", None)
+        os.environ["_AIRFLOW__REEXECUTED_PROCESS"] = "1"
+    else:
+        os.environ.setdefault("_AIRFLOW__AS_LIBRARY", "1")  # a library user: no settings.initialize()
     registry = loader.load(args.dags_folder)
+    if args.workloads:
+        from airflow_provider_knative.runtime import workload
+
+        workload.preimport()
     import_seconds = time.time() - started
     loader.set_current(registry)
     for kind in HANDLERS:  # imported here once, not in every child

@@ -33,6 +33,7 @@ from airflow_provider_knative.runtime import invoke, isolation, loader, logs
 from airflow_provider_knative.runtime.app import RuntimeApp, RuntimeState
 from airflow_provider_knative.runtime.forkserver import ForkServer
 from airflow_provider_knative.runtime.http import GuardedHttpToolsProtocol
+from airflow_provider_knative.runtime.workload_runs import WorkloadRuns
 
 log = logging.getLogger("airflow_provider_knative.runtime")
 
@@ -97,50 +98,52 @@ class _Server(uvicorn.Server):
             self.on_started()
 
 
-def _import_dags(folder: str, state: RuntimeState, t0: float) -> None:
-    """Thread isolation: import the DAG folder in this process (loader thread)."""
-    t_start = time.time()
-    # The runtime is a library user of Airflow: no metadata DB, no settings.initialize().
-    os.environ.setdefault("_AIRFLOW__AS_LIBRARY", "1")
-    try:
-        import airflow.sdk  # noqa: F401 - timed on its own: it dominates cold start
-    except Exception as exc:
-        state.failures.append(loader.ImportFailure("airflow.sdk", f"{type(exc).__name__}: {exc}", ""))
-        log.error("cannot import the Airflow task SDK: %s", exc)
-        return
-    t_airflow = time.time()
-
-    def report(failure: loader.ImportFailure) -> None:
-        log.error("DAG file %s failed to import: %s\n%s", failure.path, failure.error, failure.traceback)
-
-    registry = loader.load(folder, on_failure=report)
-    loader.set_current(registry)
-    t_done = time.time()
-    timings = {
-        "airflow_import_s": round(t_airflow - t_start, 3),
-        "dag_import_s": round(t_done - t_airflow, 3),
-    }
-    _publish(state, folder, dict(registry.functions), registry.failures, len(registry.files), timings, t0)
-
-
-def _start_forkserver(forks: ForkServer, folder: str, state: RuntimeState, t0: float) -> None:
-    """Process isolation: the fork server imports the DAG folder; this process never does."""
-    forks.start()
-    info = forks.wait_ready()
-    if info is None:
-        state.failures.append(loader.ImportFailure(folder, "the fork server died while importing", ""))
-        state.loaded = True
-        log.error("NOT READY: the fork server died while importing %s (see the lines above)", folder)
-        return
-    functions: dict[str, FunctionInfo] = {
-        f["id"]: FunctionInfo(f["id"], f["source_hash"], f["dag_id"], f["task_id"], f["fileloc"])
-        for f in info["functions"]
-    }
-    failures = [loader.ImportFailure(f["path"], f["error"], f["traceback"]) for f in info["failures"]]
+def _boot(folder: str, state: RuntimeState, t0: float, forks: ForkServer | None, in_process: bool) -> None:
+    """Loader thread: import the DAG folder here (thread isolation) and/or in the fork server
+    (process isolation, and the executor's workloads), then flip readiness."""
+    if forks is not None:
+        forks.start()  # imports in its own process, in parallel with this thread
+    functions: dict[str, FunctionInfo] = {}
+    failures: list[loader.ImportFailure] = []
+    files = 0
+    timings: dict[str, float] = {}
+    if in_process:
+        t_start = time.time()
+        # The runtime is a library user of Airflow: no metadata DB, no settings.initialize().
+        os.environ.setdefault("_AIRFLOW__AS_LIBRARY", "1")
+        try:
+            import airflow.sdk  # noqa: F401 - timed on its own: it dominates cold start
+        except Exception as exc:
+            failures.append(loader.ImportFailure("airflow.sdk", f"{type(exc).__name__}: {exc}", ""))
+        t_airflow = time.time()
+        if not failures:
+            registry = loader.load(folder)
+            loader.set_current(registry)
+            functions, failures, files = dict(registry.functions), registry.failures, len(registry.files)
+        timings = {
+            "airflow_import_s": round(t_airflow - t_start, 3),
+            "dag_import_s": round(time.time() - t_airflow, 3),
+        }
+    if forks is not None:
+        info = forks.wait_ready()
+        if info is None:
+            failures.append(
+                loader.ImportFailure(folder, "the fork server died while importing (see above)", "")
+            )
+        else:
+            if not in_process:
+                functions = {
+                    f["id"]: FunctionInfo(f["id"], f["source_hash"], f["dag_id"], f["task_id"], f["fileloc"])
+                    for f in info["functions"]
+                }
+                files = len(info["files"])
+                failures += [
+                    loader.ImportFailure(f["path"], f["error"], f["traceback"]) for f in info["failures"]
+                ]
+            timings["forkserver_import_s"] = info["import_s"]
     for failure in failures:
         log.error("DAG file %s failed to import: %s\n%s", failure.path, failure.error, failure.traceback)
-    timings = {"forkserver_import_s": info["import_s"]}
-    _publish(state, folder, functions, failures, len(info["files"]), timings, t0)
+    _publish(state, folder, functions, failures, files, timings, t0)
 
 
 def _publish(
@@ -252,27 +255,35 @@ def serve(dags_folder: str, host: str, port: int, tls: TLS | None = None) -> int
     workers = config.get("container_concurrency") or UNLIMITED_WORKERS
     drain = float(config.get("drain_timeout_seconds"))
     mode = config.get("isolation")
+    workloads = bool(config.get("workloads"))
     state = RuntimeState()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knative-invoke")
-    forks: ForkServer | None = None
+    forks = ForkServer(dags_folder, workloads=workloads) if mode == "process" or workloads else None
     if mode == "process":
-        forks = ForkServer(dags_folder)
+        assert forks is not None
         runner = isolation.ProcessRunner(forks, limits)
         app = RuntimeApp(state, limits, pool, runner, on_expire=runner.kill_all)
-        load: tuple[Any, ...] = (_start_forkserver, (forks, dags_folder, state, t0))
     else:
         app = RuntimeApp(state, limits, pool, isolation.run_in_thread(limits))
-        load = (_import_dags, (dags_folder, state, t0))
+    if workloads:
+        assert forks is not None
+        app.workloads = WorkloadRuns(
+            forks,
+            capacity=config.get("container_concurrency"),
+            request_timeout=float(config.get("request_timeout_seconds")),
+        )
+    load: tuple[Any, ...] = (_boot, (dags_folder, state, t0, forks, mode != "process"))
 
     def started() -> None:
         state.timings["server_up_s"] = round(time.time() - t0, 3)
         log.info(
-            "listening on %s://%s:%d (%d workers, %s isolation); importing %s",
+            "listening on %s://%s:%d (%d workers, %s isolation%s); importing %s",
             "https" if tls else "http",
             host,
             port,
             workers,
             mode,
+            ", Airflow task workloads" if workloads else "",
             dags_folder,
         )
         threading.Thread(target=load[0], args=load[1], name="knative-dag-import", daemon=True).start()

@@ -1,0 +1,479 @@
+"""The KnativeExecutor end to end: unmodified DAGs on a real deployment, and its faults.
+
+A deployment of its own: PostgreSQL, moto S3 (XComs and task logs), api-server, scheduler,
+dag-processor, triggerer with ``[core] executor = knative:...KnativeExecutor,LocalExecutor``,
+and one runtime process serving its own copy of the DAG folder (the "image": it lacks
+``exec_missing.py``), with its own log folder and no database URL that works. Task logs reach
+the api-server only through the object store. A signing secret is set on both sides.
+
+The runs that do not disturb the deployment start together; then the runtime and the
+scheduler are killed and restarted, one scenario at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from servers import free_port
+
+from airflow_provider_knative import protocol
+from airflow_provider_knative.localstack.client import StackClient
+from airflow_provider_knative.localstack.stack import LocalStack
+
+pytest_plugins = ["e2e_stack"]
+pytestmark = pytest.mark.e2e
+
+DAGS = Path(__file__).resolve().parent / "executor_dags"
+SECRET = "executor-e2e-secret"
+NEVER_DEADLINE = 6
+DRAIN = 12
+DONE = ("success", "failed")
+
+
+class RelayProxy:
+    """A TCP relay to the runtime on 127.0.0.1. For ``cold_seconds`` after its first connection it
+    answers 503 (as Knative's activator can while a revision scales from zero); it records every
+    request head and body it relays."""
+
+    def __init__(self, target_port: int, cold_seconds: float = 0.0) -> None:
+        self.target_port = target_port
+        self.cold_seconds = cold_seconds
+        self.first: float | None = None
+        self.refused = 0
+        self.requests: list[bytes] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.server.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = client.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            header, _, rest = head.partition(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in header.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                0,
+            )
+            while len(rest) < length:
+                rest += client.recv(65536)
+            now = time.monotonic()
+            self.first = self.first or now
+            if now - self.first < self.cold_seconds:
+                self.refused += 1
+                client.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 19\r\n"
+                    b"connection: close\r\n\r\nno healthy upstream"
+                )
+                return
+            self.requests.append(header + b"\r\n\r\n" + rest)
+            with socket.create_connection(("127.0.0.1", self.target_port)) as upstream:
+                upstream.sendall(header + b"\r\n\r\n" + rest)
+                while chunk := upstream.recv(65536):
+                    client.sendall(chunk)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.close()
+
+
+@dataclass
+class ExecStack:
+    stack: LocalStack
+    client: StackClient
+    token: str
+    cold: RelayProxy
+    recorder: RelayProxy
+    bucket: str
+    s3_endpoint: str
+    markers: Path
+
+    # ------------------------------------------------------------------ REST helpers
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        self.client.set_paused(dag_id, False, self.token)
+        response = self.client.api(
+            "POST", f"/dags/{dag_id}/dagRuns", self.token, json={"logical_date": None, "conf": conf or {}}
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["dag_run_id"]
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self.client.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}", self.token).json()["state"]
+
+    def wait(self, dag_id: str, run_id: str, timeout: float = 240) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.run_state(dag_id, run_id)
+            if state in DONE:
+                return state
+            time.sleep(1)
+        raise AssertionError(f"{dag_id} {run_id} not done after {timeout} s: {self.tis(dag_id, run_id)}")
+
+    def tis(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        response = self.client.api(
+            "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", self.token, params={"limit": 1000}
+        )
+        return response.json()["task_instances"]
+
+    def ti(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+        if map_index >= 0:
+            path += f"/{map_index}"
+        return self.client.api("GET", path, self.token).json()
+
+    def xcom(
+        self, dag_id: str, run_id: str, task_id: str, key: str = "return_value", map_index: int = -1
+    ) -> Any:
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        response = self.client.api("GET", path, self.token, params={"map_index": map_index})
+        assert response.status_code == 200, response.text
+        return response.json()["value"]
+
+    def log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}"
+        response = self.client.api("GET", path, self.token, headers={"Accept": "application/json"})
+        assert response.status_code == 200, response.text
+        content = response.json().get("content") or []
+        return "\n".join(json.dumps(item) if not isinstance(item, str) else item for item in content)
+
+    def log_with(self, text: str, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
+        """The task log once it holds ``text``: the supervisor uploads it just after the task ends."""
+        deadline = time.monotonic() + 30
+        while True:
+            log = self.log(dag_id, run_id, task_id, try_number)
+            if text in log or time.monotonic() > deadline:
+                return log
+            time.sleep(1)
+
+    def marker(self, name: str) -> Path:
+        return self.markers / f"{name}-{uuid.uuid4().hex[:8]}.txt"
+
+    def runtime_log(self) -> str:
+        return self.stack.process("runtime").log_path.read_text(errors="replace")
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _wait_until(predicate, timeout: float = 120.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _create_database(postgres_url: str, name: str) -> str:
+    from e2e_stack import _postgres_bin
+
+    host_port = postgres_url.split("@", 1)[1].split("/", 1)[0]
+    host, port = host_port.split(":")
+    bin_dir = _postgres_bin()
+    assert bin_dir is not None
+    subprocess.run(
+        [str(bin_dir / "createdb"), "-h", host, "-p", port, "-U", "postgres", name],
+        check=True,
+        capture_output=True,
+    )
+    return postgres_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="module")
+def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
+    import boto3
+
+    bucket = f"exec-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=bucket)
+    state = Path(tempfile.mkdtemp(prefix="knative-exec-stack-"))
+    dags, image = state / "dags", state / "image"
+    dags.mkdir()
+    image.mkdir()
+    for path in DAGS.glob("*.py"):
+        shutil.copy(path, dags / path.name)
+        if path.name != "exec_missing.py":
+            shutil.copy(path, image / path.name)
+    markers = state / "markers"
+    markers.mkdir()
+    stack = LocalStack(
+        state,
+        dags,
+        db_url=_create_database(postgres_url, f"exec_{uuid.uuid4().hex[:8]}"),
+        executor="knative",
+        runtime_dags_folder=image,
+        extra_env={
+            "AIRFLOW__KNATIVE__XCOM_STORE_URL": f"s3://{bucket}/xcom",
+            "AIRFLOW__KNATIVE__S3_ENDPOINT_URL": moto_server,
+            "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": f"knative+s3://{bucket}/task-logs",
+            "AIRFLOW__KNATIVE__SIGNING_SECRET": SECRET,
+            "AIRFLOW__KNATIVE__EXECUTOR_HEARTBEAT_GRACE_SECONDS": "15",
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "10",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        },
+        runtime_env={"AIRFLOW__KNATIVE__DRAIN_TIMEOUT_SECONDS": str(DRAIN)},
+        wait_for_dags=("exec_values", "exec_flaky", "exec_side_effect", "exec_missing", "exec_replay"),
+    )
+    cold = RelayProxy(stack.runtime_port, cold_seconds=10)
+    recorder = RelayProxy(stack.runtime_port)
+    stack.env.update(
+        {
+            "AIRFLOW_CONN_KNATIVE_COLD": json.dumps({"conn_type": "knative", "host": cold.url}),
+            "AIRFLOW_CONN_KNATIVE_RECORDED": json.dumps({"conn_type": "knative", "host": recorder.url}),
+            "AIRFLOW_CONN_KNATIVE_NEVER": json.dumps(
+                {
+                    "conn_type": "knative",
+                    "host": f"http://127.0.0.1:{free_port()}",
+                    "extra": {"startup_deadline_seconds": NEVER_DEADLINE},
+                }
+            ),
+        }
+    )
+    stack.start()
+    client = StackClient(stack.url, timeout=60)
+    try:
+        yield ExecStack(
+            stack,
+            client,
+            client.login("admin", stack.passwords["admin"]),
+            cold,
+            recorder,
+            bucket,
+            moto_server,
+            markers,
+        )
+    finally:
+        client.close()
+        stack.stop()
+        cold.close()
+        recorder.close()
+        if not os.environ.get("KNATIVE_KEEP_STACK"):  # keep it to read the components' logs
+            shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def runs(ex: ExecStack) -> dict[str, Any]:
+    """The runs that do not disturb the deployment, started together."""
+    started: dict[str, Any] = {}
+    started["values"] = ex.trigger("exec_values")
+    started["flaky"] = ex.trigger("exec_flaky")
+    started["cold"] = ex.trigger("exec_cold")
+    started["never"] = ex.trigger("exec_never")
+    started["missing"] = ex.trigger("exec_missing")
+    started["replay_marker"] = ex.marker("replay")
+    started["replay"] = ex.trigger("exec_replay", {"path": str(started["replay_marker"])})
+    return started
+
+
+# ------------------------------------------------------------------ unmodified DAGs
+
+
+def test_unmodified_dags_run_on_the_executor(ex: ExecStack, runs: dict[str, Any]) -> None:
+    run_id = runs["values"]
+    assert ex.wait("exec_values", run_id) == "success", ex.tis("exec_values", run_id)
+    assert ex.xcom("exec_values", run_id, "total") == sum(x * x for x in range(50))
+    assert [ex.xcom("exec_values", run_id, "square", map_index=i) for i in (0, 7, 49)] == [0, 49, 2401]
+    assert ex.xcom("exec_values", run_id, "stats", key="high") == 49
+    assert ex.xcom("exec_values", run_id, "python_op") == {"from": "PythonOperator", "upstream": [0, 1, 2]}
+    assert ex.xcom("exec_values", run_id, "bash_op") == "bash-says-40425"
+    assert ex.xcom("exec_values", run_id, "frame_sum") == sum(i / 2 for i in range(200_000))
+    spilled = ex.xcom("exec_values", run_id, "frame")
+    assert f"s3://{ex.bucket}/xcom/exec_values/" in json.dumps(spilled)  # the DataFrame went by reference
+    # every task ran in the runtime, but the one that asked for LocalExecutor
+    runtime_log = ex.runtime_log()
+    tis = {(t["task_id"], t["map_index"]): t for t in ex.tis("exec_values", run_id)}
+    assert len(tis) == 50 + 8
+    for (task_id, _), ti in tis.items():
+        ran_in_runtime = f"task instance {ti['id']} " in runtime_log
+        assert ran_in_runtime == (task_id != "via_local"), (
+            task_id,
+            ti,
+            [line for line in runtime_log.splitlines() if task_id in line or ti["id"] in line][:5],
+        )
+    # the task log reaches the api-server through the object store (no shared disk)
+    assert "bash-says-40425" in ex.log_with("bash-says-40425", "exec_values", run_id, "bash_op")
+
+
+def test_a_failing_task_is_retried_and_its_error_is_in_its_log(ex: ExecStack, runs: dict[str, Any]) -> None:
+    run_id = runs["flaky"]
+    assert ex.wait("exec_flaky", run_id) == "success"
+    assert ex.ti("exec_flaky", run_id, "flaky")["try_number"] == 2
+    assert "first try fails on purpose" in ex.log_with("first try fails", "exec_flaky", run_id, "flaky", 1)
+
+
+def test_a_cold_service_is_waited_for_and_then_runs(ex: ExecStack, runs: dict[str, Any]) -> None:
+    run_id = runs["cold"]
+    assert ex.wait("exec_cold", run_id) == "success"
+    assert ex.cold.refused >= 3  # 503 for 10 s, retried with backoff, then the task ran
+    assert ex.xcom("exec_cold", run_id, "hello") == "hello"
+
+
+def test_a_service_that_never_comes_up_fails_within_the_deadline(ex: ExecStack, runs: dict[str, Any]) -> None:
+    run_id = runs["never"]
+    assert ex.wait("exec_never", run_id, timeout=120) == "failed"
+    ti = ex.ti("exec_never", run_id, "hello")
+    text = ex.log_with("startup deadline", "exec_never", run_id, "hello")
+    assert "exec-never" in text and "127.0.0.1" in text
+    assert "attempt(s)" in text and f"startup deadline {NEVER_DEADLINE} s" in text
+    assert ti["duration"] is None or ti["duration"] < 60
+
+
+def test_a_dag_file_missing_from_the_image_fails_naming_file_and_service(
+    ex: ExecStack, runs: dict[str, Any]
+) -> None:
+    run_id = runs["missing"]
+    assert ex.wait("exec_missing", run_id, timeout=120) == "failed"
+    text = ex.log_with("DagFileMissing", "exec_missing", run_id, "orphan")
+    assert "exec_missing.py" in text and "airflow-tasks" in text and "DagFileMissing" in text
+    events = ex.client.api("GET", "/eventLogs", ex.token, params={"dag_id": "exec_missing"}).json()
+    assert any(e["event"] == "knative refused" for e in events["event_logs"]), events
+
+
+def test_a_replayed_workload_request_runs_the_task_at_most_once(ex: ExecStack, runs: dict[str, Any]) -> None:
+    run_id, marker = runs["replay"], runs["replay_marker"]
+    assert ex.wait("exec_replay", run_id) == "success"
+    assert _lines(marker) == ["ran"]
+    (raw,) = [r for r in ex.recorder.requests if r.startswith(b"POST /workloads")]
+    head, _, body = raw.partition(b"\r\n\r\n")
+    headers = dict(
+        (k.strip().decode(), v.strip().decode())
+        for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    )
+    url = ex.stack.runtime_url + protocol.WORKLOADS_PATH
+
+    def post(content: bytes, signed: dict[str, str]) -> httpx.Response:
+        hdrs = {"Content-Type": protocol.CONTENT_TYPE, **signed}
+        with httpx.stream("POST", url, content=content, headers=hdrs, timeout=60) as response:
+            response.read()
+            return response
+
+    # 1. the captured request, byte for byte: its signature was already accepted
+    assert (
+        post(body, {k: v for k, v in headers.items() if k.lower().startswith("x-knative")}).status_code == 401
+    )
+    # 2. signed afresh, same delivery: the runtime joins the finished run and says how it ended
+    again = post(body, protocol.sign(SECRET.encode(), body, path=protocol.WORKLOADS_PATH))
+    assert again.status_code == 200 and '"exit"' in again.text
+    # 3. a new delivery of the same workload: Airflow refuses to run a task that already ran
+    request = protocol.WorkloadRequest.decode(body)
+    request.delivery = str(uuid.uuid4())
+    fresh = request.encode()
+    third = post(fresh, protocol.sign(SECRET.encode(), fresh, path=protocol.WORKLOADS_PATH))
+    assert third.status_code == 200 and '"exit"' in third.text
+    assert _lines(marker) == ["ran"]
+    assert ex.ti("exec_replay", run_id, "once")["state"] == "success"
+
+
+def test_a_task_marked_failed_or_cleared_is_stopped_in_the_runtime(ex: ExecStack) -> None:
+    failed_marker, cleared_marker = ex.marker("failed"), ex.marker("cleared")
+    failed_run = ex.trigger("exec_side_effect", {"path": str(failed_marker), "seconds": 60})
+    cleared_run = ex.trigger("exec_side_effect", {"path": str(cleared_marker), "seconds": 25})
+    _wait_until(
+        lambda: _lines(failed_marker) == ["start 1"] and _lines(cleared_marker) == ["start 1"],
+        what="both tasks to start",
+    )
+    response = ex.client.api(
+        "PATCH",
+        f"/dags/exec_side_effect/dagRuns/{failed_run}/taskInstances/record",
+        ex.token,
+        json={"new_state": "failed"},
+    )
+    assert response.status_code == 200, response.text
+    response = ex.client.api(
+        "POST",
+        "/dags/exec_side_effect/clearTaskInstances",
+        ex.token,
+        json={"dry_run": False, "dag_run_id": cleared_run, "task_ids": ["record"], "only_failed": False},
+    )
+    assert response.status_code == 200, response.text
+    stopped = time.monotonic()
+    assert ex.wait("exec_side_effect", failed_run) == "failed"
+    assert ex.wait("exec_side_effect", cleared_run) == "success"
+    assert time.monotonic() - stopped < 90
+    assert _lines(failed_marker) == ["start 1"]  # stopped: never reached its end
+    assert _lines(cleared_marker) == ["start 1", "start 2", "end 2"]
+
+
+# ------------------------------------------------------------------ faults of the deployment
+
+
+def test_a_scheduler_restart_finishes_running_tasks_once(ex: ExecStack) -> None:
+    marker = ex.marker("restart")
+    run_id = ex.trigger("exec_side_effect", {"path": str(marker), "seconds": 20})
+    _wait_until(lambda: _lines(marker) == ["start 1"], what="the task to start")
+    # while it runs, its log is already readable (uploaded by the runtime every few seconds)
+    _wait_until(
+        lambda: "recording try 1" in ex.log("exec_side_effect", run_id, "record"),
+        timeout=30,
+        what="the live log",
+    )
+    ex.stack.kill("scheduler", signal.SIGTERM)
+    ex.stack.process("scheduler").popen.wait(60)
+    ex.stack.restart("scheduler")
+    assert ex.wait("exec_side_effect", run_id) == "success"
+    assert _lines(marker) == ["start 1", "end 1"]  # ran exactly once
+    assert "recorded try 1" in ex.log_with("recorded try 1", "exec_side_effect", run_id, "record")
+
+
+def test_kill_9_of_the_runtime_mid_task_is_retried_never_a_false_success(ex: ExecStack) -> None:
+    marker = ex.marker("kill9")
+    run_id = ex.trigger("exec_side_effect", {"path": str(marker), "seconds": 15})
+    _wait_until(lambda: _lines(marker) == ["start 1"], what="the task to start")
+    ex.stack.kill("runtime", signal.SIGKILL)  # the pod and every process in it
+    killed = time.monotonic()
+    ex.stack.restart("runtime")
+    assert ex.wait("exec_side_effect", run_id, timeout=180) == "success"
+    assert _lines(marker) == ["start 1", "start 2", "end 2"]  # try 1 died, try 2 ran whole
+    assert ex.ti("exec_side_effect", run_id, "record")["try_number"] == 2
+    assert time.monotonic() - killed < 120  # not the scheduler's 300 s heartbeat timeout
+
+
+def test_sigterm_of_the_runtime_drains_and_stops_what_outlives_the_drain(ex: ExecStack) -> None:
+    short, long = ex.marker("drain-short"), ex.marker("drain-long")
+    short_run = ex.trigger("exec_side_effect", {"path": str(short), "seconds": 4})
+    long_run = ex.trigger("exec_side_effect", {"path": str(long), "seconds": 120})
+    _wait_until(lambda: _lines(short) == ["start 1"] and _lines(long) == ["start 1"], what="both to start")
+    runtime = ex.stack.process("runtime")
+    ex.stack.kill("runtime", signal.SIGTERM)
+    runtime.popen.wait(DRAIN + 60)
+    assert _lines(short) == ["start 1", "end 1"]  # finished inside the drain
+    assert _lines(long) == ["start 1"]  # stopped at the end of the drain, with the reason in its log
+    assert "shutting down" in ex.log_with("shutting down", "exec_side_effect", long_run, "record")
+    ex.stack.restart("runtime")
+    assert ex.wait("exec_side_effect", short_run) == "success"
