@@ -41,7 +41,7 @@ pytestmark = pytest.mark.e2e
 DAGS = Path(__file__).resolve().parent / "executor_dags"
 SECRET = "executor-e2e-secret"
 NEVER_DEADLINE = 6
-DRAIN = 12
+DRAIN = 20
 DONE = ("success", "failed")
 
 
@@ -248,14 +248,25 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
             "AWS_DEFAULT_REGION": "us-east-1",
         },
         runtime_env={"AIRFLOW__KNATIVE__DRAIN_TIMEOUT_SECONDS": str(DRAIN)},
-        wait_for_dags=("exec_values", "exec_flaky", "exec_side_effect", "exec_missing", "exec_replay"),
+        wait_for_dags=(
+            "exec_values",
+            "exec_flaky",
+            "exec_side_effect",
+            "exec_missing",
+            "exec_replay",
+            "exec_deadline",
+        ),
     )
+    short_port = free_port()
     cold = RelayProxy(stack.runtime_port, cold_seconds=10)
     recorder = RelayProxy(stack.runtime_port)
     stack.env.update(
         {
             "AIRFLOW_CONN_KNATIVE_COLD": json.dumps({"conn_type": "knative", "host": cold.url}),
             "AIRFLOW_CONN_KNATIVE_RECORDED": json.dumps({"conn_type": "knative", "host": recorder.url}),
+            "AIRFLOW_CONN_KNATIVE_SHORT": json.dumps(
+                {"conn_type": "knative", "host": f"http://127.0.0.1:{short_port}"}
+            ),
             "AIRFLOW_CONN_KNATIVE_NEVER": json.dumps(
                 {
                     "conn_type": "knative",
@@ -266,6 +277,11 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
         }
     )
     stack.start()
+    # a second "Service" whose requests time out after 35 s (Knative's timeoutSeconds)
+    stack.start_runtime("runtime-short", short_port, {"AIRFLOW__KNATIVE__REQUEST_TIMEOUT_SECONDS": "35"})
+    _wait_until(
+        lambda: StackClient(f"http://127.0.0.1:{short_port}").ready("/readyz"), what="the second runtime"
+    )
     client = StackClient(stack.url, timeout=60)
     try:
         yield ExecStack(
@@ -298,6 +314,8 @@ def runs(ex: ExecStack) -> dict[str, Any]:
     started["missing"] = ex.trigger("exec_missing")
     started["replay_marker"] = ex.marker("replay")
     started["replay"] = ex.trigger("exec_replay", {"path": str(started["replay_marker"])})
+    started["deadline_marker"] = ex.marker("deadline")
+    started["deadline"] = ex.trigger("exec_deadline", {"path": str(started["deadline_marker"])})
     return started
 
 
@@ -398,6 +416,14 @@ def test_a_replayed_workload_request_runs_the_task_at_most_once(ex: ExecStack, r
     assert third.status_code == 200 and '"exit"' in third.text
     assert _lines(marker) == ["ran"]
     assert ex.ti("exec_replay", run_id, "once")["state"] == "success"
+
+
+def test_a_task_is_stopped_before_the_knative_request_timeout(ex: ExecStack, runs: dict[str, Any]) -> None:
+    run_id = runs["deadline"]
+    assert ex.wait("exec_deadline", run_id, timeout=120) == "failed"
+    assert _lines(runs["deadline_marker"]) == ["start 1"]  # stopped 15 s before the 35 s timeout
+    text = ex.log_with("request timeout", "exec_deadline", run_id, "outlives_the_request")
+    assert "shortly before the Knative request timeout" in text and "request_timeout_seconds = 35" in text
 
 
 def test_a_task_marked_failed_or_cleared_is_stopped_in_the_runtime(ex: ExecStack) -> None:
