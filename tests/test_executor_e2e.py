@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from servers import free_port
+from tcp_proxy import TcpProxy
 
 from airflow_provider_knative import protocol
 from airflow_provider_knative.localstack.client import StackClient
@@ -45,71 +45,30 @@ DRAIN = 20
 DONE = ("success", "failed")
 
 
-class RelayProxy:
-    """A TCP relay to the runtime on 127.0.0.1. For ``cold_seconds`` after its first connection it
-    answers 503 (as Knative's activator can while a revision scales from zero); it records every
-    request head and body it relays."""
+class RelayProxy(TcpProxy):
+    """A relay to the runtime. For ``cold_seconds`` after its first connection it answers 503
+    (as Knative's activator can while a revision scales from zero); it records every request
+    it relays."""
 
     def __init__(self, target_port: int, cold_seconds: float = 0.0) -> None:
-        self.target_port = target_port
+        super().__init__(target_port)
         self.cold_seconds = cold_seconds
         self.first: float | None = None
         self.refused = 0
         self.requests: list[bytes] = []
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
-        self.server.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                client, _ = self.server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        with client:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = client.recv(65536)
-                if not chunk:
-                    return
-                head += chunk
-            header, _, rest = head.partition(b"\r\n\r\n")
-            length = next(
-                (
-                    int(line.split(b":")[1])
-                    for line in header.split(b"\r\n")
-                    if line.lower().startswith(b"content-length")
-                ),
-                0,
+    def handle(self, client: socket.socket, head: bytes, body: bytes) -> None:
+        now = time.monotonic()
+        self.first = self.first or now
+        if now - self.first < self.cold_seconds:
+            self.refused += 1
+            client.sendall(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 19\r\n"
+                b"connection: close\r\n\r\nno healthy upstream"
             )
-            while len(rest) < length:
-                rest += client.recv(65536)
-            now = time.monotonic()
-            self.first = self.first or now
-            if now - self.first < self.cold_seconds:
-                self.refused += 1
-                client.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 19\r\n"
-                    b"connection: close\r\n\r\nno healthy upstream"
-                )
-                return
-            self.requests.append(header + b"\r\n\r\n" + rest)
-            with socket.create_connection(("127.0.0.1", self.target_port)) as upstream:
-                upstream.sendall(header + b"\r\n\r\n" + rest)
-                while chunk := upstream.recv(65536):
-                    client.sendall(chunk)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.server.close()
+            return
+        self.requests.append(head + b"\r\n\r\n" + body)
+        super().handle(client, head, body)
 
 
 @dataclass
