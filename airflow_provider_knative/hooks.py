@@ -22,7 +22,7 @@ import contextlib
 import contextvars
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import requests
@@ -31,7 +31,12 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
 from airflow_provider_knative import config
-from airflow_provider_knative.connection import UI_FIELD_BEHAVIOUR, ServiceSettings, settings_from
+from airflow_provider_knative.connection import (
+    UI_FIELD_BEHAVIOUR,
+    ServiceSettings,
+    TLSSettings,
+    settings_from,
+)
 from airflow_provider_knative.errors import (
     ClusterError,
     InvocationCancelled,
@@ -329,28 +334,15 @@ class KnativeHook(BaseHook):
         self, request: Request, timeouts: Timeouts | None = None, *, idempotent: bool = False
     ) -> Response:
         """The async twin of :meth:`invoke` (httpx, for the triggerer): same flow, same errors."""
-        import httpx
-
         settings = await self.asettings()
         timeouts = timeouts or settings.timeouts
-        flow = call_flow(request, timeouts, idempotent=idempotent)
-        outcome: Outcome = None
-        limits = httpx.Timeout(timeouts.read, connect=timeouts.connect)
         # no proxies from the environment (in-cluster and loopback addresses); CA bundles from it
         # are honoured through settings.tls
-        verify = await asyncio.to_thread(settings.tls.ssl_context)
-        async with httpx.AsyncClient(timeout=limits, trust_env=False, verify=verify) as client:
-            while True:
-                try:
-                    step = flow.send(outcome)
-                except StopIteration as done:
-                    return done.value
-                if isinstance(step, Wait):
-                    self.log.info("%s", step.message)
-                    await asyncio.sleep(step.seconds)
-                    outcome = None
-                else:
-                    outcome = await self._asend(client, step, settings)
+        async with await _async_client(timeouts, settings.tls) as client:
+            return await self._adrive(
+                call_flow(request, timeouts, idempotent=idempotent),
+                lambda step: self._asend(client, step, settings),
+            )
 
     @contextlib.asynccontextmanager
     async def astream(
@@ -366,59 +358,62 @@ class KnativeHook(BaseHook):
 
         settings = await self.asettings()
         timeouts = timeouts or settings.timeouts
-        flow = call_flow(request, timeouts, idempotent=idempotent)
-        outcome: Outcome = None
-        limits = httpx.Timeout(timeouts.read, connect=timeouts.connect)
-        verify = await asyncio.to_thread(settings.tls.ssl_context)
-        async with httpx.AsyncClient(timeout=limits, trust_env=False, verify=verify) as client:
-            opened: Any = None
+        opened: list[Any] = []  # the 200 answer being streamed, at most one
+
+        async def send(step: Send) -> Response | TransportFailure:
+            while opened:  # an earlier attempt's stream: its answer was not final
+                await opened.pop().aclose()
+            req = step.request
             try:
-                while True:
-                    try:
-                        step = flow.send(outcome)
-                    except StopIteration as done:
-                        yield done.value, (opened.aiter_lines() if opened is not None else _no_lines())
-                        return
-                    if opened is not None:
-                        await opened.aclose()
-                        opened = None
-                    if isinstance(step, Wait):
-                        self.log.info("%s", step.message)
-                        await asyncio.sleep(step.seconds)
-                        outcome = None
-                        continue
-                    req = step.request
-                    try:
-                        answer = await client.send(
-                            client.build_request(
-                                req.method,
-                                req.url,
-                                content=req.body,
-                                headers={**settings.headers, **req.headers(settings.secret)},
-                            ),
-                            stream=True,
-                        )
-                    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-                        raise InvocationError(f"{req.url}: {type(exc).__name__}: {_short(exc)}") from None
-                    except httpx.TransportError as exc:
-                        _raise_if_tls(req.url, exc)
-                        outcome = _httpx_failure(exc)
-                        continue
-                    content_type = answer.headers.get("content-type", "")
-                    if answer.status_code == 200:
-                        opened, outcome = answer, Response(200, content_type, b"")
-                        continue
-                    try:
-                        body = await answer.aread()
-                    except httpx.TransportError as exc:
-                        outcome = _httpx_failure(exc)
-                        continue
-                    finally:
-                        await answer.aclose()
-                    outcome = Response(answer.status_code, content_type, body)
+                answer = await client.send(
+                    client.build_request(
+                        req.method,
+                        req.url,
+                        content=req.body,
+                        headers={**settings.headers, **req.headers(settings.secret)},
+                    ),
+                    stream=True,
+                )
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+                raise InvocationError(f"{req.url}: {type(exc).__name__}: {_short(exc)}") from None
+            except httpx.TransportError as exc:
+                _raise_if_tls(req.url, exc)
+                return _httpx_failure(exc)
+            content_type = answer.headers.get("content-type", "")
+            if answer.status_code == 200:
+                opened.append(answer)
+                return Response(200, content_type, b"")
+            try:
+                return Response(answer.status_code, content_type, await answer.aread())
+            except httpx.TransportError as exc:
+                return _httpx_failure(exc)
             finally:
-                if opened is not None:
-                    await opened.aclose()
+                await answer.aclose()
+
+        async with await _async_client(timeouts, settings.tls) as client:
+            try:
+                head = await self._adrive(call_flow(request, timeouts, idempotent=idempotent), send)
+                yield head, (opened[0].aiter_lines() if opened else _no_lines())
+            finally:
+                for answer in opened:
+                    await answer.aclose()
+
+    async def _adrive(
+        self, flow: Any, send: Callable[[Send], Awaitable[Response | TransportFailure]]
+    ) -> Response:
+        """Drive ``flow`` with ``send``, sleeping on the event loop between attempts."""
+        outcome: Outcome = None
+        while True:
+            try:
+                step = flow.send(outcome)
+            except StopIteration as done:
+                return done.value
+            if isinstance(step, Wait):
+                self.log.info("%s", step.message)
+                await asyncio.sleep(step.seconds)
+                outcome = None
+            else:
+                outcome = await send(step)
 
     def _send(self, step: Send, settings: ServiceSettings, timeouts: Timeouts) -> Response | TransportFailure:
         request = step.request
@@ -475,6 +470,17 @@ class KnativeHook(BaseHook):
         self._cancelled.set()
         for connection in list(self._connections):
             _shutdown(connection)
+
+
+async def _async_client(timeouts: Timeouts, tls: TLSSettings) -> Any:
+    """An httpx client with the call's timeouts and TLS settings (its SSL context is built off
+    the event loop: loading a CA bundle reads files). No proxies from the environment."""
+    import httpx
+
+    verify = await asyncio.to_thread(tls.ssl_context)
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeouts.read, connect=timeouts.connect), trust_env=False, verify=verify
+    )
 
 
 async def _no_lines() -> AsyncIterator[str]:

@@ -3,11 +3,14 @@
 Enable it with ``AIRFLOW__CORE__XCOM_BACKEND=airflow_provider_knative.xcom.KnativeXComBackend``.
 What ``serialize_value`` hands Airflow to put in the ``xcom`` table (a JSON column):
 
-* **plain JSON** when the value survives a JSON round trip unchanged (dicts with str keys,
-  lists, str, int, finite float, bool, None) and its JSON is at most
+* **plain JSON** only when every reader gets the very same value and type back (exact JSON
+  types, 64-bit ints, floats other than NaN/inf/-0.0 within 1e16, no NUL, no serde-reserved
+  keys, at most 199 levels: see ``_as_plain_json``) and its JSON is at most
   ``[knative] xcom_inline_max_bytes``: the UI and the REST API show it as it is;
 * ``{"__knative_xcom__": 1, "packed": "<base64 codec frame>", "preview": ...}`` for other
-  values whose encoded frame fits under the same limit (tuples, datetimes, small arrays, ...);
+  values whose encoded frame fits under the same limit (tuples, datetimes, small arrays, ...),
+  and for a list, tuple or dict over the limit stored item by item (its large items spilled
+  one by one: ``spill.encode_or_spill``), so a mapped-over result stays a list Airflow can index;
 * ``{"__knative_xcom__": 1, "ref": URL, "size": N, "sha256": HEX, "summary": "...",
   "preview": ...}`` for everything larger: the frame is streamed to the object store and only
   this reference, which needs no context to resolve (``deserialize_value`` gets none), stays

@@ -1,11 +1,8 @@
-"""A small TCP proxy on 127.0.0.1 that can cut one HTTP response mid-body.
+"""A small TCP proxy on 127.0.0.1 for fault tests: subclasses decide what to do per request.
 
-It forwards bytes both ways, one thread per direction, and records every request head it
-forwards (so a test can read the headers a client really sent). ``cut_range_start=N``: the
-first response to a request carrying ``Range: bytes=N-...`` is forwarded up to its headers
-plus ``cut_after`` body bytes, then both sockets are closed, as when a connection breaks in
-the middle of a download. Later requests with that range pass untouched. ``cut_every_range``
-cuts every ranged response instead (a download that can never finish).
+Tests put it between a client and a real runtime to break connections at chosen moments,
+answer like a cold Knative activator, or record requests to replay them. ``CuttingProxy``
+relays keep-alive connections (boto3's) byte for byte and cuts one download mid-body.
 """
 
 from __future__ import annotations
@@ -15,10 +12,85 @@ import socket
 import threading
 from urllib.parse import urlsplit
 
+
+def read_message(sock: socket.socket) -> tuple[bytes, bytes] | None:
+    """One HTTP message (head, body by Content-Length) from ``sock``; None if it closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None if not data else (data, b"")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head, body
+
+
+class TcpProxy:
+    """Accepts on a free 127.0.0.1 port; each request goes to :meth:`handle` (default: relay)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.server.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client:
+            message = read_message(client)
+            if message is not None:
+                self.handle(client, *message)
+
+    def upstream(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.target_port))
+
+    def handle(self, client: socket.socket, head: bytes, body: bytes) -> None:
+        """Relay the request and stream the answer back, whatever its length (event streams too)."""
+        with self.upstream() as upstream:
+            upstream.sendall(head + b"\r\n\r\n" + body)
+            while chunk := upstream.recv(65536):
+                client.sendall(chunk)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.close()
+
+
 _RANGE = re.compile(rb"\r\nrange:\s*bytes=(\d+)-", re.IGNORECASE)
 
 
-class CuttingProxy:
+class CuttingProxy(TcpProxy):
+    """Forwards bytes both ways over keep-alive connections and can cut one HTTP response mid-body.
+
+    It records every request head it forwards (``heads``: a test reads the headers a client
+    really sent). ``cut_range_start=N``: the first response to a request carrying
+    ``Range: bytes=N-...`` is forwarded up to its headers plus ``cut_after`` body bytes, then both
+    sockets are closed, as when a connection breaks in the middle of a download; later requests
+    pass untouched. ``cut_every_range`` cuts every ranged response (a download that never ends).
+    """
+
     def __init__(
         self,
         target: str,
@@ -27,63 +99,52 @@ class CuttingProxy:
         cut_after: int = 0,
         cut_every_range: bool = False,
     ) -> None:
-        parts = urlsplit(target)
-        self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.cut_range_start = cut_range_start
         self.cut_after = cut_after
         self.cut_every_range = cut_every_range
         self.cuts = 0
-        self.heads: list[bytes] = []  # every request head seen (up to the blank line)
+        self.heads: list[bytes] = []
         self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self._stopped = False
-        self._sockets: list[socket.socket] = []
-        self._accept = threading.Thread(target=self._accept_loop, name="proxy-accept", daemon=True)
-        self._accept.start()
+        self._open: list[socket.socket] = []
+        super().__init__(urlsplit(target).port or 80)
 
-    def _accept_loop(self) -> None:
-        while not self._stopped:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._sockets += [client, upstream]
-            armed = threading.Event()
-            threading.Thread(target=self._requests, args=(client, upstream, armed), daemon=True).start()
-            threading.Thread(target=self._responses, args=(upstream, client, armed), daemon=True).start()
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = self.upstream()
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._open += [client, upstream]
+        armed = threading.Event()
+        threading.Thread(target=self._requests, args=(client, upstream, armed), daemon=True).start()
+        self._responses(upstream, client, armed)
 
     def _requests(self, client: socket.socket, upstream: socket.socket, armed: threading.Event) -> None:
-        buffered = b""
+        pending = b""
         try:
             while data := client.recv(65536):
-                buffered += data
-                while b"\r\n\r\n" in buffered:
-                    head, _, buffered = buffered.partition(b"\r\n\r\n")
-                    with self._lock:
-                        self.heads.append(head)
-                        match = _RANGE.search(head)
-                        first = (
-                            match is not None
-                            and self.cut_range_start is not None
-                            and int(match.group(1)) == self.cut_range_start
-                            and self.cuts == 0
-                        )
-                        if first or (match is not None and self.cut_every_range):
-                            self.cuts += 1
-                            armed.set()
-                    buffered = b""  # GET bodies are empty; uploads are never inspected past the head
+                pending += data
+                while b"\r\n\r\n" in pending:
+                    head, _, pending = pending.partition(b"\r\n\r\n")
+                    self._saw(head, armed)
+                    pending = b""  # request bodies are never inspected
                 upstream.sendall(data)
         except OSError:
             pass
         finally:
             _close(upstream)
+
+    def _saw(self, head: bytes, armed: threading.Event) -> None:
+        with self._lock:
+            self.heads.append(head)
+            match = _RANGE.search(head)
+            if match is None:
+                return
+            first = self.cut_range_start == int(match.group(1)) and self.cuts == 0
+            if first or self.cut_every_range:
+                self.cuts += 1
+                armed.set()
 
     def _responses(self, upstream: socket.socket, client: socket.socket, armed: threading.Event) -> None:
         pending = b""  # bytes of the armed response whose head is not complete yet
@@ -105,26 +166,24 @@ class CuttingProxy:
                 client.sendall(piece)
                 body_sent += len(piece)
                 if body_sent >= self.cut_after:
-                    _close(client)
-                    _close(upstream)
                     return
         except OSError:
             pass
         finally:
             _close(client)
+            _close(upstream)
 
-    def stop(self) -> None:
-        self._stopped = True
-        self._listener.close()
+    def close(self) -> None:
+        super().close()
         with self._lock:
-            for sock in self._sockets:
+            for sock in self._open:
                 _close(sock)
 
     def __enter__(self) -> CuttingProxy:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self.close()
 
 
 def _close(sock: socket.socket) -> None:

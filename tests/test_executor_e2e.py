@@ -19,7 +19,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 from servers import free_port
+from tcp_proxy import TcpProxy
 
 from airflow_provider_knative import protocol
 from airflow_provider_knative.localstack.client import StackClient
@@ -41,75 +41,34 @@ pytestmark = pytest.mark.e2e
 DAGS = Path(__file__).resolve().parent / "executor_dags"
 SECRET = "executor-e2e-secret"
 NEVER_DEADLINE = 6
-DRAIN = 12
+DRAIN = 20
 DONE = ("success", "failed")
 
 
-class RelayProxy:
-    """A TCP relay to the runtime on 127.0.0.1. For ``cold_seconds`` after its first connection it
-    answers 503 (as Knative's activator can while a revision scales from zero); it records every
-    request head and body it relays."""
+class RelayProxy(TcpProxy):
+    """A relay to the runtime. For ``cold_seconds`` after its first connection it answers 503
+    (as Knative's activator can while a revision scales from zero); it records every request
+    it relays."""
 
     def __init__(self, target_port: int, cold_seconds: float = 0.0) -> None:
-        self.target_port = target_port
+        super().__init__(target_port)
         self.cold_seconds = cold_seconds
         self.first: float | None = None
         self.refused = 0
         self.requests: list[bytes] = []
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
-        self.server.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                client, _ = self.server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        with client:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = client.recv(65536)
-                if not chunk:
-                    return
-                head += chunk
-            header, _, rest = head.partition(b"\r\n\r\n")
-            length = next(
-                (
-                    int(line.split(b":")[1])
-                    for line in header.split(b"\r\n")
-                    if line.lower().startswith(b"content-length")
-                ),
-                0,
+    def handle(self, client: socket.socket, head: bytes, body: bytes) -> None:
+        now = time.monotonic()
+        self.first = self.first or now
+        if now - self.first < self.cold_seconds:
+            self.refused += 1
+            client.sendall(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 19\r\n"
+                b"connection: close\r\n\r\nno healthy upstream"
             )
-            while len(rest) < length:
-                rest += client.recv(65536)
-            now = time.monotonic()
-            self.first = self.first or now
-            if now - self.first < self.cold_seconds:
-                self.refused += 1
-                client.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 19\r\n"
-                    b"connection: close\r\n\r\nno healthy upstream"
-                )
-                return
-            self.requests.append(header + b"\r\n\r\n" + rest)
-            with socket.create_connection(("127.0.0.1", self.target_port)) as upstream:
-                upstream.sendall(header + b"\r\n\r\n" + rest)
-                while chunk := upstream.recv(65536):
-                    client.sendall(chunk)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.server.close()
+            return
+        self.requests.append(head + b"\r\n\r\n" + body)
+        super().handle(client, head, body)
 
 
 @dataclass
@@ -248,14 +207,25 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
             "AWS_DEFAULT_REGION": "us-east-1",
         },
         runtime_env={"AIRFLOW__KNATIVE__DRAIN_TIMEOUT_SECONDS": str(DRAIN)},
-        wait_for_dags=("exec_values", "exec_flaky", "exec_side_effect", "exec_missing", "exec_replay"),
+        wait_for_dags=(
+            "exec_values",
+            "exec_flaky",
+            "exec_side_effect",
+            "exec_missing",
+            "exec_replay",
+            "exec_deadline",
+        ),
     )
+    short_port = free_port()
     cold = RelayProxy(stack.runtime_port, cold_seconds=10)
     recorder = RelayProxy(stack.runtime_port)
     stack.env.update(
         {
             "AIRFLOW_CONN_KNATIVE_COLD": json.dumps({"conn_type": "knative", "host": cold.url}),
             "AIRFLOW_CONN_KNATIVE_RECORDED": json.dumps({"conn_type": "knative", "host": recorder.url}),
+            "AIRFLOW_CONN_KNATIVE_SHORT": json.dumps(
+                {"conn_type": "knative", "host": f"http://127.0.0.1:{short_port}"}
+            ),
             "AIRFLOW_CONN_KNATIVE_NEVER": json.dumps(
                 {
                     "conn_type": "knative",
@@ -266,6 +236,11 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
         }
     )
     stack.start()
+    # a second "Service" whose requests time out after 35 s (Knative's timeoutSeconds)
+    stack.start_runtime("runtime-short", short_port, {"AIRFLOW__KNATIVE__REQUEST_TIMEOUT_SECONDS": "35"})
+    _wait_until(
+        lambda: StackClient(f"http://127.0.0.1:{short_port}").ready("/readyz"), what="the second runtime"
+    )
     client = StackClient(stack.url, timeout=60)
     try:
         yield ExecStack(
@@ -298,6 +273,8 @@ def runs(ex: ExecStack) -> dict[str, Any]:
     started["missing"] = ex.trigger("exec_missing")
     started["replay_marker"] = ex.marker("replay")
     started["replay"] = ex.trigger("exec_replay", {"path": str(started["replay_marker"])})
+    started["deadline_marker"] = ex.marker("deadline")
+    started["deadline"] = ex.trigger("exec_deadline", {"path": str(started["deadline_marker"])})
     return started
 
 
@@ -398,6 +375,14 @@ def test_a_replayed_workload_request_runs_the_task_at_most_once(ex: ExecStack, r
     assert third.status_code == 200 and '"exit"' in third.text
     assert _lines(marker) == ["ran"]
     assert ex.ti("exec_replay", run_id, "once")["state"] == "success"
+
+
+def test_a_task_is_stopped_before_the_knative_request_timeout(ex: ExecStack, runs: dict[str, Any]) -> None:
+    run_id = runs["deadline"]
+    assert ex.wait("exec_deadline", run_id, timeout=120) == "failed"
+    assert _lines(runs["deadline_marker"]) == ["start 1"]  # stopped 15 s before the 35 s timeout
+    text = ex.log_with("request timeout", "exec_deadline", run_id, "outlives_the_request")
+    assert "shortly before the Knative request timeout" in text and "request_timeout_seconds = 35" in text
 
 
 def test_a_task_marked_failed_or_cleared_is_stopped_in_the_runtime(ex: ExecStack) -> None:

@@ -25,6 +25,7 @@ from knative_dagrun import run_dag as run_example
 from knative_dagrun import task_states, xcom_value
 from runtime_process import RuntimeProcess, start_runtime
 from servers import free_port
+from tcp_proxy import TcpProxy, read_message
 
 from airflow_provider_knative import protocol
 
@@ -58,8 +59,8 @@ def port(monkeypatch: pytest.MonkeyPatch) -> int:
     return chosen
 
 
-class CuttingProxy:
-    """A TCP proxy on 127.0.0.1 that cuts the first ``cuts`` connections to ``/invoke``.
+class CuttingProxy(TcpProxy):
+    """A proxy that cuts the first ``cuts`` connections to ``/invoke``.
 
     ``after="request"``: the request reaches the runtime whole, then the client's connection
     is closed without an answer (the runtime keeps running the function). ``after="headers"``:
@@ -68,78 +69,27 @@ class CuttingProxy:
     """
 
     def __init__(self, target_port: int, *, after: str, cuts: int = 1) -> None:
-        self.target_port = target_port
+        super().__init__(target_port)
         self.after = after
         self.cuts = cuts
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
         self.cut = 0
-        self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _accept(self) -> None:
-        self.server.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                client, _ = self.server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        upstream = socket.create_connection(("127.0.0.1", self.target_port))
-        with client, upstream:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = client.recv(65536)
-                if not chunk:
-                    return
-                head += chunk
-            header, _, rest = head.partition(b"\r\n\r\n")
-            length = 0
-            for line in header.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            while len(rest) < length:
-                rest += client.recv(65536)
-            cutting = header.startswith(b"POST /invoke") and self.cut < self.cuts
-            if cutting:
-                self.cut += 1
-            upstream.sendall(header + b"\r\n\r\n" + rest)
-            if cutting and self.after == "request":
+    def handle(self, client: socket.socket, head: bytes, body: bytes) -> None:
+        cutting = head.startswith(b"POST /invoke") and self.cut < self.cuts
+        if not cutting:
+            super().handle(client, head, body)
+            return
+        self.cut += 1
+        with self.upstream() as upstream:
+            upstream.sendall(head + b"\r\n\r\n" + body)
+            if self.after == "request":
                 time.sleep(0.3)  # the runtime has the request and starts the function
                 client.shutdown(socket.SHUT_RDWR)
                 return
-            answer = b""
-            while b"\r\n\r\n" not in answer:
-                chunk = upstream.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
-            answer_head, _, body = answer.partition(b"\r\n\r\n")
-            want = 0
-            for line in answer_head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    want = int(value.strip())
-            while len(body) < want:
-                chunk = upstream.recv(65536)
-                if not chunk:
-                    break
-                body += chunk
-            if cutting and self.after == "headers":
-                client.sendall(answer_head + b"\r\n\r\n" + body[: len(body) // 2])
-                client.shutdown(socket.SHUT_RDWR)
-                return
-            client.sendall(answer_head + b"\r\n\r\n" + body)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.server.close()
+            answer = read_message(upstream)
+            assert answer is not None
+            client.sendall(answer[0] + b"\r\n\r\n" + answer[1][: len(answer[1]) // 2])
+            client.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture

@@ -134,28 +134,22 @@ def test_only_the_store_module_builds_object_keys() -> None:
     assert not offenders, offenders
 
 
-def test_the_decorator_name_is_written_once() -> None:
-    holders = sorted(
+def _modules_holding(constant: str) -> list[str]:
+    return sorted(
         name
         for name, path in MODULES.items()
         if any(
-            isinstance(n, ast.Constant) and n.value == "@task.knative"
-            for n in ast.walk(ast.parse(path.read_text()))
+            isinstance(n, ast.Constant) and n.value == constant for n in ast.walk(ast.parse(path.read_text()))
         )
     )
-    assert holders == [f"{NAME}.functions"]
+
+
+def test_the_decorator_name_is_written_once() -> None:
+    assert _modules_holding("@task.knative") == [f"{NAME}.functions"]
 
 
 def test_knative_api_constants_live_in_one_place() -> None:
-    holders = sorted(
-        name
-        for name, path in MODULES.items()
-        if any(
-            isinstance(n, ast.Constant) and n.value == "serving.knative.dev"
-            for n in ast.walk(ast.parse(path.read_text()))
-        )
-    )
-    assert holders == [f"{NAME}.knative.api"]
+    assert _modules_holding("serving.knative.dev") == [f"{NAME}.knative.api"]
 
 
 def _all_exception_classes() -> list[type]:

@@ -191,10 +191,13 @@ class LocalStack:
             self.stop()
             raise
 
-    def start_runtime(self) -> Process:
-        """The runtime (``airflow-knative serve``, the container entrypoint), on its fixed port."""
+    def start_runtime(
+        self, name: str = "runtime", port: int | None = None, env: Mapping[str, str] | None = None
+    ) -> Process:
+        """A runtime (``airflow-knative serve``, the container entrypoint): by default the stack's
+        own, on its fixed port; another one (a second "Service") with ``name``/``port``/``env``."""
         return self._spawn(
-            "runtime",
+            name,
             [  # = airflow-knative serve, the container entrypoint (imports only the runtime)
                 sys.executable,
                 "-m",
@@ -205,7 +208,7 @@ class LocalStack:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(self.runtime_port),
+                str(port or self.runtime_port),
             ],
             env={
                 # the pod's own image and log folder (nothing shared with Airflow's), no database
@@ -213,6 +216,7 @@ class LocalStack:
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.state_dir / "runtime-logs"),
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://nobody@127.0.0.1:1/not-for-the-runtime",
                 **self.runtime_env,
+                **(env or {}),
             },
         )
 

@@ -43,6 +43,13 @@ _MSGPACK = protocol.CONTENT_TYPE.encode()
 _JSON = b"application/json"
 #: the drain ends this long before the process must exit, so late calls still get an answer
 DRAIN_MARGIN_SECONDS = 1.0
+#: workloads are stopped this long before the drain ends: the supervisor forwards SIGTERM,
+#: escalates to SIGKILL after 5 s, and uploads the task's log
+WORKLOAD_STOP_SECONDS = 10.0
+DRAIN_STOP_REASON = (
+    "the pod is shutting down (SIGTERM: scale-down or a new revision) and the task did not finish "
+    "within [knative] drain_timeout_seconds; Airflow's task retries apply"
+)
 #: how often a waiting duplicate or status request looks at the ledger
 _LEDGER_POLL_SECONDS = 0.05
 
@@ -414,6 +421,9 @@ class RuntimeApp:
         self.state.draining = True
         loop = asyncio.get_running_loop()
         loop.call_later(max(0.0, drain_seconds - DRAIN_MARGIN_SECONDS), self._expire)
+        if self.workloads is not None:
+            stop = max(0.0, drain_seconds - WORKLOAD_STOP_SECONDS)
+            loop.call_later(stop, self.workloads.stop_all, DRAIN_STOP_REASON)
 
     def _expire(self) -> None:
         self._expired = True
@@ -422,10 +432,7 @@ class RuntimeApp:
         if self.on_expire is not None:
             self.on_expire()
         if self.workloads is not None:
-            self.workloads.stop_all(
-                "the pod is shutting down (SIGTERM: scale-down or a new revision) and the task did not finish "
-                "within [knative] drain_timeout_seconds; Airflow's task retries apply"
-            )
+            self.workloads.stop_all(DRAIN_STOP_REASON)
 
     def _drain_timeout(self) -> invoke.Outcome:
         return invoke.error_outcome(

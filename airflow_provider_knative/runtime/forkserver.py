@@ -92,10 +92,11 @@ class Job:
     exit_status: int | None = None
     _server: ForkServer | None = None
 
-    def kill(self, sig: int = signal.SIGKILL, *, group: bool = True) -> None:
-        """Signal the job's whole process group, or only its process (no-op once it has exited)."""
+    def kill(self, sig: int = signal.SIGKILL, *, target: str = "session") -> None:
+        """Signal the job (no-op once it has exited): ``session``, every process it started;
+        ``leader``, only its own process; ``others``, every process it started but itself."""
         if self.exit_status is None and self._server is not None:
-            self._server.kill(self.id, sig, group=group)
+            self._server.kill(self.id, sig, target=target)
 
     def messages(self, timeout: float | None = None) -> Iterator[Any]:
         """The child's messages in order, until it exits (``exit_status`` is set then)."""
@@ -168,11 +169,11 @@ class ForkServer:
             send_message(self._sock, ["run", job.id, kind, payload])
         return job
 
-    def kill(self, job_id: int, sig: int, *, group: bool = True) -> None:
-        """Signal a job: its whole process group, or (``group=False``) only its own process."""
+    def kill(self, job_id: int, sig: int, *, target: str = "session") -> None:
+        """Signal a job (see :meth:`Job.kill`)."""
         with self._lock:
             if self.alive and self._sock is not None and job_id in self._jobs:
-                send_message(self._sock, ["kill", job_id, int(sig), group])
+                send_message(self._sock, ["kill", job_id, int(sig), target])
 
     def running(self) -> list[Job]:
         with self._lock:
@@ -319,7 +320,7 @@ def serve_forks(control: socket.socket, functions_ready: dict[str, Any]) -> None
                 data = control.recv(1 << 20)
                 if not data:  # the server is gone: so are its jobs
                     for child in children.values():
-                        _killpg(child.pid, signal.SIGKILL)
+                        _signal_job(child.pid, signal.SIGKILL, "session")
                     return
                 for message in reader.feed(data):
                     if message[0] == "run":
@@ -337,11 +338,7 @@ def serve_forks(control: socket.socket, functions_ready: dict[str, Any]) -> None
                         children[job] = by_pid[pid] = _Child(job, pid, read_fd)
                         selector.register(read_fd, selectors.EVENT_READ, job)
                     elif message[0] == "kill" and message[1] in children:
-                        pid = children[message[1]].pid
-                        if message[3] if len(message) > 3 else True:
-                            _killpg(pid, message[2])
-                        else:
-                            _kill(pid, message[2])
+                        _signal_job(children[message[1]].pid, message[2], message[3])
             else:
                 child = children[key.data]
                 chunk = os.read(child.pipe, 1 << 20)
@@ -355,7 +352,7 @@ def serve_forks(control: socket.socket, functions_ready: dict[str, Any]) -> None
         _reap(by_pid)
         for job, child in list(children.items()):
             if child.eof and child.status is not None:
-                _killpg(child.pid, signal.SIGKILL)  # whatever the job left behind in its group
+                _signal_job(child.pid, signal.SIGKILL, "session")  # whatever the job left behind
                 del children[job]
                 del by_pid[child.pid]
                 send_message(control, ["exit", job, os.waitstatus_to_exitcode(child.status)])
@@ -375,18 +372,33 @@ def _reap(by_pid: dict[int, _Child]) -> None:
             child.status = status
 
 
-def _killpg(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _session_members(sid: int) -> list[int]:
+    """Every live process in session ``sid`` (a job's child leads its own session): the
+    supervisor puts the task in a process group of its own, so a group is not enough."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # after "pid (comm)": state ppid pgrp session ...
+            members.append(int(entry))
+    return members
 
 
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _signal_job(leader: int, sig: int, target: str) -> None:
+    """Signal a job's ``leader`` process, the ``others`` in its session, or its whole ``session``."""
+    pids = [leader] if target == "leader" else _session_members(leader)
+    if target == "others":
+        pids = [pid for pid in pids if pid != leader]
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:

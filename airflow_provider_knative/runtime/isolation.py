@@ -52,7 +52,7 @@ class ProcessRunner:
     def kill_all(self) -> None:
         """Stop every call still running (the drain is over)."""
         for job in self.forks.running():
-            job.kill(signal.SIGKILL)
+            job.kill(signal.SIGKILL)  # the call and everything it started
 
 
 def crash_message(function_id: str, status: int | None) -> str:

@@ -30,7 +30,7 @@ import uvicorn
 from airflow_provider_knative import config
 from airflow_provider_knative.functions import FunctionInfo
 from airflow_provider_knative.runtime import invoke, isolation, loader, logs
-from airflow_provider_knative.runtime.app import RuntimeApp, RuntimeState
+from airflow_provider_knative.runtime.app import WORKLOAD_STOP_SECONDS, RuntimeApp, RuntimeState
 from airflow_provider_knative.runtime.forkserver import ForkServer
 from airflow_provider_knative.runtime.http import GuardedHttpToolsProtocol
 from airflow_provider_knative.runtime.workload_runs import WorkloadRuns
@@ -301,13 +301,17 @@ def serve(dags_folder: str, host: str, port: int, tls: TLS | None = None) -> int
         **(tls.uvicorn_options() if tls else {}),
     )
     server = _Server(uv_config, app, drain, started)
+    forks_failed = False
     try:
         server.run()
+        if app.workloads is not None and not app.workloads.finish(WORKLOAD_STOP_SECONDS):
+            log.error("workloads were stopped by the end of the drain; exiting 1")
+            forks_failed = True
     finally:
         if forks is not None:
             forks.close()
     pool.shutdown(wait=False, cancel_futures=True)
-    if app.in_flight:
+    if app.in_flight or forks_failed:
         log.error(
             "drain timeout (%s s) passed with %d call(s) still running; exiting 1", drain, app.in_flight
         )

@@ -43,6 +43,8 @@ LOG_UPLOAD_SECONDS = 5.0
 TIMEOUT_MARGIN_SECONDS = 15.0
 #: how long a finished run is remembered (a resent delivery joins it instead of starting again)
 RETENTION_SECONDS = 3600.0
+#: after SIGTERM, how long a stopped task may take to end before its processes are killed
+TASK_KILL_GRACE_SECONDS = 5.0
 
 
 @dataclass
@@ -133,9 +135,27 @@ class WorkloadRuns:
 
     def _pump(self, run: Run, loop: asyncio.AbstractEventLoop) -> None:
         """Worker thread: move the child's messages onto the event loop, in order."""
-        for message in run.job.messages():
-            loop.call_soon_threadsafe(self._on_message, run, message)
-        loop.call_soon_threadsafe(self._on_exit, run, run.job.exit_status)
+        try:
+            for message in run.job.messages():
+                loop.call_soon_threadsafe(self._on_message, run, message)
+            loop.call_soon_threadsafe(self._on_exit, run, run.job.exit_status)
+        except RuntimeError:  # the loop is closed: the server is stopping; finish() takes over
+            pass
+
+    def finish(self, timeout: float) -> bool:
+        """After the server stopped: wait for stopped workloads to exit, then upload their logs
+        (the event loop is gone, so this runs here). True if none was still running."""
+        deadline = time.monotonic() + timeout
+        outlived = [r for r in self.runs.values() if not r.finished]
+        while any(r.job.exit_status is None and not r.finished for r in self.runs.values()):
+            if time.monotonic() > deadline or not self.forks.alive:
+                break
+            time.sleep(0.1)
+        if self.remote_logs:
+            for run in self.runs.values():
+                if run.log_relpath and not run.finished:
+                    self._upload_now(run)
+        return not outlived
 
     def _emit(self, run: Run, event: dict[str, Any]) -> None:
         run.events.append(event)
@@ -183,7 +203,18 @@ class WorkloadRuns:
         run.stop_reason = reason
         log.warning("stopping workload %s: %s", run.delivery, reason)
         self._note_in_task_log(run, reason)
-        run.job.kill(signal.SIGTERM, group=False)
+        # SIGTERM to the supervisor: it forwards it to the task, whose on_kill() cleans up. An
+        # Airflow task does not end on SIGTERM by itself, so after a grace the task's processes
+        # are killed; the supervisor then reports the try as failed and uploads its log.
+        run.job.kill(signal.SIGTERM, target="leader")
+        run.timers.append(
+            asyncio.get_running_loop().call_later(TASK_KILL_GRACE_SECONDS, self._kill_task, run)
+        )
+
+    @staticmethod
+    def _kill_task(run: Run) -> None:
+        if not run.finished:
+            run.job.kill(signal.SIGKILL, target="others")
 
     def _note_in_task_log(self, run: Run, reason: str) -> None:
         """Say why in the task's own log, where its author looks (the supervisor appends too)."""

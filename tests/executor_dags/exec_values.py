@@ -137,3 +137,21 @@ def exec_replay():
 
 
 exec_replay()
+
+
+@dag(dag_id="exec_deadline", schedule=None, catchup=False, params={"path": ""}, tags=["executor-test"])
+def exec_deadline():
+    @task(executor_config={"knative": {"service": "exec-deadline", "conn_id": "knative_short"}})
+    def outlives_the_request(params=None) -> None:
+        import time
+
+        with open(params["path"], "a") as fh:
+            fh.write("start 1\n")
+        time.sleep(60)
+        with open(params["path"], "a") as fh:
+            fh.write("end 1\n")
+
+    outlives_the_request()
+
+
+exec_deadline()
