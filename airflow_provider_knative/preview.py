@@ -63,7 +63,13 @@ _repr = _Repr()
 
 
 def cut(text: str, max_chars: int) -> str:
-    """``text`` cut to ``max_chars`` characters, the last being an ellipsis when it was cut."""
+    """``text`` cut to ``max_chars`` characters, the last being an ellipsis when it was cut.
+
+    Also made storable in every XCom database: NUL (which PostgreSQL's JSONB refuses) and lone
+    surrogates (which UTF-8 cannot carry) are written as escapes.
+    """
+    if "\x00" in text or not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
     return text if len(text) <= max_chars else text[: max(0, max_chars - 1)] + ELLIPSIS
 
 

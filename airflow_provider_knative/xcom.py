@@ -187,7 +187,9 @@ def _native(value: Any, limit: int) -> Any:
 
 def _serde_shape(value: Any, depth: int) -> Any:
     t = type(value)
-    if value is None or t is str or t is bool:
+    if t is str:  # as it is only if every database stores it (no NUL, no lone surrogate)
+        return value if value == preview.cut(value, len(value)) else _NOT_NATIVE
+    if value is None or t is bool:
         return value
     if t is int:
         return value if -(2**63) <= value < 2**64 else _NOT_NATIVE

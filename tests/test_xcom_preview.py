@@ -151,6 +151,23 @@ def test_previews_are_bounded(file_store: str) -> None:
         assert isinstance(shown(stored), str)
 
 
+def test_previews_hold_no_nul_or_lone_surrogate(file_store: str) -> None:
+    """PostgreSQL's JSONB refuses NUL in a string and UTF-8 cannot carry a lone surrogate: a
+    cell's text, shown as it is, must not bring either into the stored JSON."""
+    value = pd.DataFrame({"s": ["a\x00b", "ok"]})
+    stored = KnativeXComBackend.serialize_value(value, **CTX)
+    text = json.dumps(stored, ensure_ascii=False)
+    assert "\\u0000" not in text and "\x00" not in text
+    assert "a\\x00b" in stored["preview"]
+    text.encode("utf-8")  # no lone surrogate
+    assert preview.cut("x\ud800y", 100) == "x\\ud800y"
+    for odd in (("a\x00",), ("x\ud800",)):  # not shown in Airflow's tuple shape, but escaped
+        stored = KnativeXComBackend.serialize_value(odd, **CTX)
+        json.dumps(stored, ensure_ascii=False).encode("utf-8")  # no lone surrogate
+        assert "\\u0000" not in json.dumps(stored) and read(stored) == odd
+    pd.testing.assert_frame_equal(read(json.loads(text)), value)
+
+
 def test_a_preview_that_fails_never_fails_the_push(file_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(value: Any) -> str:
         raise RuntimeError("repr exploded")
