@@ -1,7 +1,7 @@
 """A large list result feeds ``.expand()`` and ``.expand_kwargs()``, each mapped task getting
 only its own item, by reference when the item is large.
 
-Twelve batches of 1,800 float64 values (~14 KB each, ~170 KB in all): over the 64 KiB inline
+Twelve batches of 30,000 float64 values (~240 KB each, ~2.9 MB in all): over the 64 KiB inline
 limit as a whole, so the list is stored item by item. Through a real runtime (sync and
 deferrable) and with plain ``@task`` under the XCom backend.
 """
@@ -20,7 +20,7 @@ from airflow_provider_knative import codec
 from airflow_provider_knative.xcom import MARKER, pass_references
 
 BATCHES = 12
-ROWS = 1800
+ROWS = 30_000
 EXPECTED_SUMS = [float(i * ROWS) for i in range(BATCHES)]
 
 

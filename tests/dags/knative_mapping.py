@@ -18,7 +18,7 @@ def _batches(n_batches: int, rows: int) -> list:
 
 
 def _mapping_dag(dag_id: str, decorator, **kwargs):
-    @dag(dag_id=dag_id, schedule=None, params={"rows": 1800}, tags=["knative-test"])
+    @dag(dag_id=dag_id, schedule=None, params={"rows": 30_000}, tags=["knative-test"])
     def mapping():
         @decorator(**kwargs)
         def make_batches(params=None):

@@ -80,3 +80,35 @@ def xcom_exact():
 
 
 the_dag = xcom_exact()
+
+
+def _through_the_runtime(dag_id: str, **knative: Any):
+    """The same cases, each made and checked inside a Knative runtime (a function's result
+    crosses the wire twice: runtime -> Airflow as a result, Airflow -> runtime as an argument)."""
+
+    @dag(dag_id=dag_id, schedule=None, catchup=False, tags=["test"], default_args={"retries": 0})
+    def through_the_runtime():
+        for name in cases():
+
+            @task.knative(task_id=f"make_{name}", service="exact", **knative)
+            def make(name: str = name) -> Any:
+                return cases()[name]
+
+            @task.knative(task_id=f"check_{name}", service="exact", **knative)
+            def check(value: Any, name: str = name) -> None:
+                assert_same(cases()[name], value)
+
+            @task(task_id=f"check_{name}")
+            def pull_and_check(name: str = name, ti: Any = None) -> None:
+                assert_same(cases()[name], ti.xcom_pull(task_ids=f"make_{name}"))
+
+            if name in PULLED:
+                make() >> pull_and_check()
+            else:
+                check(make())
+
+    return through_the_runtime()
+
+
+xcom_exact_knative = _through_the_runtime("xcom_exact_knative")
+xcom_exact_knative_deferrable = _through_the_runtime("xcom_exact_knative_deferrable", deferrable=True)
