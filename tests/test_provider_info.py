@@ -151,8 +151,8 @@ def test_the_gateway_plugin_is_registered_once_whatever_lazy_discover_providers_
             "AIRFLOW__CORE__LAZY_DISCOVER_PROVIDERS": lazy,
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(tmp_path / "plugins"),
         }
-        result = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+        result = subprocess.run(  # cwd: not the repository, whose *.egg-info is a second copy
+            [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip().splitlines()[-1] == "['knative_gateway'] []", (lazy, result.stdout)
