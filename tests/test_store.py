@@ -229,6 +229,13 @@ def test_every_checksum_catches_a_flipped_byte(
     assert stored.url in str(err.value)
 
 
+def test_default_checksum_is_xxh3_128(file_store: str) -> None:
+    """Integrity checking stays on by default, with a checksum that keeps up with the copy."""
+    assert store.DEFAULT_DIGEST == "xxh3-128" and open_store().digest == "xxh3-128"
+    stored = open_store().put("k/default.knc", [b"abc"])
+    assert stored.sha256 == _expected_digest("xxh3-128", b"abc")
+
+
 def test_unknown_checksum_is_refused_before_reading(file_store: str) -> None:
     target = open_store()
     stored = target.put("k/v.knc", [b"abc"])
