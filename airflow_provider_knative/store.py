@@ -8,6 +8,7 @@ the store's root: a reference that points elsewhere is refused, whoever wrote it
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import mmap
@@ -156,13 +157,25 @@ class _Hasher:
             self._queue = None
 
     def feed(self, chunks: Chunks) -> Iterator[bytes | memoryview]:
-        """Pass ``chunks`` through unchanged, hashing each on the way (for streaming uploads)."""
+        """Pass ``chunks`` through, hashing each on the way (for streaming uploads).
+
+        A large view (an array's buffer) is handed on piece by piece, each hashed just
+        before the uploader copies it into a part, so it is read from memory once rather
+        than hashed whole first and read again for the copy. ``bytes`` chunks go on whole,
+        so one that fills a part is uploaded without any copy (see ``_ChunkReader``).
+        """
         for chunk in chunks:
             view = memoryview(chunk).cast("B")
-            if view.nbytes:
-                for start in range(0, view.nbytes, _PIECE):
-                    self.update(view[start : start + _PIECE])
+            if not view.nbytes:
+                continue
+            if isinstance(chunk, bytes) or view.nbytes <= _PIECE:
+                self.update(view)
                 yield chunk
+                continue
+            for start in range(0, view.nbytes, _PIECE):
+                piece = view[start : start + _PIECE]
+                self.update(piece)
+                yield piece
 
 
 Buffer = Any  # a writable bytes-like object: bytearray, numpy uint8 array or anonymous mmap
@@ -195,6 +208,30 @@ def _check(url: str, size: int, digest: str, got_size: int, got_digest: str | No
             f"{url} is corrupt: {algorithm} {split_digest(got_digest)[1]}, the reference says "
             f"{split_digest(digest)[1]}"
         )
+
+
+#: verified file:// reads at least this large map the file instead of copying it
+_MAP_MIN = 1024 * 1024
+
+
+def _map_private(fh: Any, size: int) -> mmap.mmap | None:
+    """A private, writable mapping of an object file, or None where mapping is not possible.
+
+    Why: reading a file copies every byte from the page cache into fresh memory, which the
+    kernel must first fault in and zero: for a large object that is most of the cost of a
+    read. A private mapping shares the page cache pages instead (no copy, no zeroing; the
+    hash touches each page once), and stays writable: a page is copied only if the value is
+    modified, and never written back. Deleting or replacing the object (a rename: objects
+    are never rewritten in place) leaves the mapping intact. The one hazard is a file
+    truncated in place by someone else while mapped (SIGBUS); the provider never does that.
+    """
+    flags = getattr(mmap, "MAP_PRIVATE", None)
+    if flags is None or size <= 0:
+        return None
+    try:
+        return mmap.mmap(fh.fileno(), size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except (OSError, ValueError):  # a filesystem that cannot map (some FUSE/network ones)
+        return None
 
 
 @dataclass(frozen=True)
@@ -358,14 +395,21 @@ class FileStore(ObjectStore):
             raise StoreError(f"cannot write {url}: {exc.strerror or exc}") from exc
         try:
             try:
+                written = 0
                 for chunk in chunks:
                     whole = memoryview(chunk).cast("B")
-                    # write a piece, then hash it while it is still in cache from the copy
-                    for start in range(0, whole.nbytes, _PIECE):
-                        piece = view = whole[start : start + _PIECE]
+                    start = 0
+                    while start < whole.nbytes:
+                        # pieces end on _PIECE boundaries of the file: after a frame's odd-sized
+                        # head, page-aligned writes are ~15% faster than misaligned ones
+                        end = min(whole.nbytes, start + _PIECE - written % _PIECE)
+                        piece = view = whole[start:end]
                         while view.nbytes:
                             view = view[os.write(fd, view) :]
+                        # hashed right after the copy, while the piece is still in cache
                         hasher.update(piece)
+                        written += end - start
+                        start = end
             finally:
                 os.close(fd)
             digest = hasher.digest()
@@ -386,19 +430,34 @@ class FileStore(ObjectStore):
                 size = os.fstat(fh.fileno()).st_size
                 if expected_size is not None and digest is not None:
                     _check(url, expected_size, digest, size, None)  # before allocating anything
-                data = _allocate(size, fresh_pages=digest is not None)
+                mapped = _map_private(fh, size) if hasher is not None and size >= _MAP_MIN else None
+                data = mapped if mapped is not None else _allocate(size, fresh_pages=digest is not None)
                 view = memoryview(data)
-                filled = 0
-                while filled < size:
-                    # one piece at a time, hashed right after the copy while it is in cache
-                    n = fh.readinto(view[filled : filled + _PIECE])
-                    if not n:
-                        raise StoreError(f"{url} shrank while being read ({filled} of {size} bytes)")
-                    if hasher is not None:
-                        hasher.update(view[filled : filled + n])
-                    filled += n
+                try:
+                    filled = 0
+                    while filled < size:
+                        # one piece at a time, hashed right after the copy (or the page faults
+                        # of a mapping) while it is in cache
+                        n = (
+                            min(_PIECE, size - filled)
+                            if mapped is not None
+                            else fh.readinto(view[filled : filled + _PIECE])
+                        )
+                        if not n:
+                            raise StoreError(f"{url} shrank while being read ({filled} of {size} bytes)")
+                        if hasher is not None:
+                            hasher.update(view[filled : filled + n])
+                        filled += n
+                finally:
+                    view.release()
             if hasher is not None and expected_size is not None and digest is not None:
-                _check(url, expected_size, digest, size, hasher.digest())
+                try:
+                    _check(url, expected_size, digest, size, hasher.digest())
+                except ObjectCorruptError:
+                    if mapped is not None:
+                        with contextlib.suppress(BufferError):  # unmap now, not at garbage collection
+                            mapped.close()
+                    raise
             return data
         except FileNotFoundError:
             raise ObjectMissingError(f"{url} does not exist (deleted behind Airflow's back?)") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,3 +252,34 @@ def test_split_and_format_digest() -> None:
     assert store.split_digest("xxh3-128:" + "cd" * 16) == ("xxh3-128", "cd" * 16)
     for algorithm, hexdigest in (("sha256", "ab" * 32), ("blake3", "ef" * 32), ("xxh3-128", "01" * 16)):
         assert store.split_digest(store.format_digest(algorithm, hexdigest)) == (algorithm, hexdigest)
+
+
+def test_large_file_reads_map_the_object_privately(file_store: str) -> None:
+    """A verified read shares the page cache (no copy) yet behaves like a private copy."""
+    target = open_store()
+    data = payload(3 * MB + 7)
+    stored = target.put(target.new_key("map"), [data])
+    buf = target.get_verified(stored.url, stored.size, stored.sha256)
+    assert isinstance(buf, mmap.mmap)  # mapped, not copied
+    view = memoryview(buf)
+    assert not view.readonly and view.nbytes == len(data) and bytes(view) == data
+    view[0] ^= 0xFF  # the value may be modified ...
+    assert target.get(stored.url) == data  # ... the object is not
+    target.delete(stored.url)  # nor does deleting the object take the value away
+    assert bytes(view[1:]) == data[1:]
+
+
+def test_file_reads_copy_where_mapping_fails(file_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def cannot_map(*args: object, **kwargs: object) -> mmap.mmap:
+        raise OSError(19, "No such device")  # what a filesystem without mmap support answers
+
+    mapping = mmap.mmap
+    monkeypatch.setattr(store.mmap, "mmap", cannot_map)
+    target = open_store()
+    data = payload(3 * MB + 7)
+    stored = target.put(target.new_key("copy"), [data])
+    buf = target.get_verified(stored.url, stored.size, stored.sha256)
+    assert not isinstance(buf, mapping) and bytes(buf) == data and not memoryview(buf).readonly
+    _corrupt_one_byte(target, stored.url, data, at=len(data) - 1)
+    with pytest.raises(ObjectCorruptError, match="is corrupt"):
+        target.get_verified(stored.url, stored.size, stored.sha256)
