@@ -489,8 +489,6 @@ def _repeats_for(nbytes: int) -> int:
 
 def sweep(sizes: list[int], out_dir: Path, *, rss_from: int = 1_000_000) -> dict[str, Any]:
     """Round-trip time and peak RSS of a DataFrame from 1 KB to 1 GB; draws two PNGs."""
-    from plots import Series, plot_curves
-
     contenders = ("knative", "common-io", "limit")
     times: dict[str, list[float | None]] = {c: [] for c in contenders}
     peaks: dict[str, list[float | None]] = {c: [] for c in contenders}
@@ -512,34 +510,43 @@ def sweep(sizes: list[int], out_dir: Path, *, rss_from: int = 1_000_000) -> dict
             peaks[c].append(bench_peak("frame", rows, c)[0] if size >= rss_from else None)
         line = ", ".join(f"{c} {times[c][-1] * 1e3:.2f} ms" for c in contenders)
         print(f"  {payloads[-1] / 1e6:10.3f} MB: {line}", flush=True)
-    note = "DataFrame (int64, float64, datetime64, str); median of interleaved runs; 2-core VM"
+    result = {"payload_bytes": payloads, "seconds": times, "peak_rss_increase_bytes": peaks}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "xcom_sweep.json").write_text(json.dumps(result, indent=1))
+    draw_sweep(result, out_dir)
+    return result
+
+
+def draw_sweep(result: dict[str, Any], out_dir: Path) -> None:
+    """The two PNGs of a sweep (``--replot`` redraws them from ``xcom_sweep.json``)."""
+    from plots import Series, plot_curves
+
+    payloads, times, peaks = result["payload_bytes"], result["seconds"], result["peak_rss_increase_bytes"]
     time_png = plot_curves(
         out_dir / "xcom_time.png",
-        [Series(c, payloads, times[c]) for c in contenders],
+        [Series(c, payloads, v) for c, v in times.items()],
         title="XCom round trip time against payload size (file://)",
         xlabel="payload (in-memory DataFrame size)",
         ylabel="seconds",
         xunit="bytes",
-        note=note,
+        note="DataFrame (int64, float64, datetime64, str); median of interleaved runs; 2-core VM",
         vline=(INLINE_MAX, "inline limit (64 KiB): below it, the value stays in the DB row"),
     )
+    measured = [p for p, v in zip(payloads, peaks["knative"], strict=True) if v is not None]
     rss_png = plot_curves(
         out_dir / "xcom_rss.png",
         [
-            *(Series(c, payloads, peaks[c]) for c in contenders),
-            Series("= payload size", payloads, [float(p) if p >= rss_from else None for p in payloads], True),
+            *(Series(c, payloads, v) for c, v in peaks.items()),
+            Series("= payload size", measured, [float(p) for p in measured], reference=True),
         ],
         title="Peak RSS increase of one XCom round trip against payload size (file://)",
         xlabel="payload (in-memory DataFrame size)",
-        ylabel="peak RSS increase",
+        ylabel="peak RSS increase (incl. the decoded value)",
         xunit="bytes",
         yunit="bytes",
         note="kernel high-water mark (VmHWM) reset before the round trip, in a fresh process",
     )
-    result = {"payload_bytes": payloads, "seconds": times, "peak_rss_increase_bytes": peaks}
-    (out_dir / "xcom_sweep.json").write_text(json.dumps(result, indent=1))
     print(f"plots: {time_png} {rss_png}")
-    return result
 
 
 # --------------------------------------------------------------------------------------
@@ -556,6 +563,7 @@ def main() -> int:
     )
     parser.add_argument("--max-bytes", type=float, default=1e9, help="largest sweep payload (default 1e9)")
     parser.add_argument("--plots-dir", type=Path, default=HERE.parent / "docs" / "bench")
+    parser.add_argument("--replot", action="store_true", help="redraw the sweep's PNGs from its JSON")
     parser.add_argument("--skip-s3", action="store_true")
     parser.add_argument("--skip-digests", action="store_true", help="no per-checksum rows")
     parser.add_argument("--skip-peak", action="store_true")
@@ -566,6 +574,10 @@ def main() -> int:
     if args.peak_child:
         kind, size, contender = args.peak_child
         _peak_child(kind, int(size), contender)
+        return 0
+
+    if args.replot:
+        draw_sweep(json.loads((args.plots_dir / "xcom_sweep.json").read_text()), args.plots_dir)
         return 0
 
     import airflow  # noqa: F401  (configure Airflow before the backends import it)
