@@ -1,9 +1,12 @@
 """Object storage for spilled values: one interface, chosen by URL (``s3://`` or ``file://``).
 
 Objects are written from a stream of chunks (so an encoded array is never joined into one
-big bytes object) and read back into one preallocated ``bytearray`` (so the decoded array
-is a writable zero-copy view and the payload is held exactly once). Keys are confined under
-the store's root: a reference that points elsewhere is refused, whoever wrote it.
+big bytes object) and read back into one writable buffer: preallocated memory, or for a
+large ``file://`` object a private mapping of the file (so the decoded array is a writable
+zero-copy view and the payload is held exactly once). Every object's digest is computed
+while it is written and checked while it is read, piece by piece where the bytes are moved
+anyway, never in a second pass (see ``DEFAULT_DIGEST``). Keys are confined under the
+store's root: a reference that points elsewhere is refused, whoever wrote it.
 """
 
 from __future__ import annotations
@@ -178,7 +181,7 @@ class _Hasher:
                 yield piece
 
 
-Buffer = Any  # a writable bytes-like object: bytearray, numpy uint8 array or anonymous mmap
+Buffer = Any  # a writable bytes-like object: bytearray, numpy uint8 array or (anonymous or private) mmap
 
 
 def _allocate(size: int, *, fresh_pages: bool) -> Buffer:
@@ -285,8 +288,9 @@ class ObjectStore(ABC):
         """Read an object and check it against its reference; ObjectCorruptError if it differs.
 
         ``digest`` is what the reference holds (see :func:`split_digest`). Returns a writable
-        buffer (a bytearray, or numpy memory for large objects: see ``_allocate``) for
-        ``codec.loads``, hashing while reading rather than afterwards.
+        buffer for ``codec.loads`` (a bytearray, numpy memory for large objects, see
+        ``_allocate``, or a private mapping of a large file, see ``_map_private``), hashing
+        while reading rather than afterwards.
         """
         _new_hash(split_digest(digest)[0])  # an unknown algorithm fails before any download
         return self._read(url, size, digest)
