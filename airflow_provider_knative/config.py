@@ -91,6 +91,16 @@ OPTIONS: dict[str, Option] = {
             example="aws_default",
         ),
         Option(
+            "checksum",
+            str,
+            "blake3",
+            "The checksum of every object written to the store, checked on every read: blake3 "
+            "(cryptographic, fast enough to keep up with the copy), sha256 (cryptographic, slower than "
+            "the copy) or xxh3-128 (fastest, detects corruption but not forgery: only where the bucket "
+            "is as trusted as Airflow's database). References name their algorithm, so any is read.",
+            choices=("blake3", "sha256", "xxh3-128"),
+        ),
+        Option(
             "transfer_concurrency",
             int,
             8,

@@ -203,7 +203,7 @@ def resolve_refs(value: Any, store_for: Callable[[ObjectRef], ObjectStore] | Non
 
 
 def load_ref(ref: ObjectRef, store: ObjectStore | None = None) -> Any:
-    """Download a spilled value, check its size and SHA-256 while reading, and decode it.
+    """Download a spilled value, check its size and checksum while reading, and decode it.
 
     The one way a reference becomes a value again. Raises StoreError (naming the URL) or
     CodecError.

@@ -30,7 +30,7 @@ A user dict that happens to hold the ``__knative_xcom__`` key is stored packed, 
 back unchanged. A ``codec.ObjectRef`` (a result the runtime already spilled) is stored as a
 reference as it is, without downloading it.
 
-Reading a reference verifies the object's size and SHA-256 and raises
+Reading a reference verifies the object's size and checksum (``[knative] checksum``) and raises
 ``SpilledValueError`` naming the URL when the object is missing, unreadable or corrupt: a
 task never silently receives a path instead of its data. Errors on the write side raise out
 of ``serialize_value`` before Airflow writes anything, so no row points at a missing object.
@@ -411,7 +411,7 @@ def _resolve(value: Any) -> Any:
 
 
 def fetch(ref: ObjectRef) -> Any:
-    """Download, verify (size and SHA-256) and decode a spilled value; errors name the URL."""
+    """Download, verify (size and checksum) and decode a spilled value; errors name the URL."""
     try:
         return _resolve(load_ref(ref))
     except StoreError as exc:

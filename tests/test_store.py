@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import boto3
 import pytest
 
 from airflow_provider_knative import config, store
+from airflow_provider_knative.errors import ConfigError
 from airflow_provider_knative.store import (
     FileStore,
     ObjectCorruptError,
@@ -57,7 +59,7 @@ def any_store(request: pytest.FixtureRequest) -> store.ObjectStore:
 def test_put_get_round_trip(any_store: store.ObjectStore, size: int) -> None:
     data = payload(size)
     stored = any_store.put(any_store.new_key("d", "r", "t"), chunks_of(data, 7, MB, 3 * MB, 1))
-    assert stored.size == size and stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert stored.size == size and stored.sha256 == _expected_digest(store.DEFAULT_DIGEST, data)
     assert stored.url.startswith(any_store.root_url + "/d/r/t/") and stored.url.endswith(".knc")
     got = any_store.get(stored.url)
     assert type(got) is bytearray and got == data
@@ -179,3 +181,115 @@ def test_chunk_reader_serves_exact_sizes() -> None:
     whole = b"x" * 100
     assert _ChunkReader([whole]).read(100) is whole  # a whole bytes chunk is passed through
     assert _ChunkReader(chunks_of(data, 777)).read() == data
+
+
+def _with_algorithm(any_store: store.ObjectStore, algorithm: str) -> store.ObjectStore:
+    if isinstance(any_store, FileStore):
+        return FileStore(any_store.root_url, digest=algorithm)
+    assert isinstance(any_store, S3Store)
+    return S3Store(any_store.root_url, endpoint_url=any_store.endpoint_url, digest=algorithm)
+
+
+def _expected_digest(algorithm: str, data: bytes) -> str:
+    if algorithm == "sha256":
+        return hashlib.sha256(data).hexdigest()  # bare, as references have always held it
+    if algorithm == "blake3":
+        from blake3 import blake3
+
+        return "blake3:" + blake3(data).hexdigest()
+    import xxhash
+
+    return "xxh3-128:" + xxhash.xxh3_128(data).hexdigest()
+
+
+def _corrupt_one_byte(any_store: store.ObjectStore, url: str, data: bytes, at: int) -> None:
+    bad = bytearray(data)
+    bad[at] ^= 0x01
+    if isinstance(any_store, FileStore):
+        any_store._path(url).write_bytes(bad)
+    else:
+        assert isinstance(any_store, S3Store)
+        any_store.client.put_object(Bucket=any_store.bucket, Key=any_store._key(url), Body=bytes(bad))
+
+
+@pytest.mark.parametrize("algorithm", store.DIGESTS)
+@pytest.mark.parametrize("size", [1000, 3 * MB + 5])  # inline hashing, and the helper thread
+def test_every_checksum_catches_a_flipped_byte(
+    any_store: store.ObjectStore, algorithm: str, size: int
+) -> None:
+    """Whatever the algorithm, the digest is computed while writing and checked while reading."""
+    pytest.importorskip({"blake3": "blake3", "xxh3-128": "xxhash"}.get(algorithm, "hashlib"))
+    target = _with_algorithm(any_store, algorithm)
+    data = payload(size)
+    stored = target.put(target.new_key("sum"), chunks_of(data, 7, MB, 1))
+    assert stored.sha256 == _expected_digest(algorithm, data)
+    # any store reads any algorithm: the reference names it
+    assert bytes(any_store.get_verified(stored.url, stored.size, stored.sha256)) == data
+    _corrupt_one_byte(target, stored.url, data, at=size // 2)
+    with pytest.raises(ObjectCorruptError, match=f"is corrupt: {algorithm} ") as err:
+        any_store.get_verified(stored.url, stored.size, stored.sha256)
+    assert stored.url in str(err.value)
+
+
+def test_default_checksum_is_blake3_and_the_option_chooses(file_store: str, monkeypatch) -> None:
+    """Integrity checking stays on by default, with a cryptographic checksum that keeps up with
+    the copy; ``[knative] checksum`` picks another, and any store reads any algorithm."""
+    assert store.DEFAULT_DIGEST == "blake3" and open_store().digest == "blake3"
+    stored = open_store().put("k/default.knc", [b"abc"])
+    assert stored.sha256 == _expected_digest("blake3", b"abc")
+    monkeypatch.setenv("AIRFLOW__KNATIVE__CHECKSUM", "sha256")
+    store.forget_stores()
+    assert open_store().digest == "sha256"
+    assert bytes(open_store().get_verified(stored.url, stored.size, stored.sha256)) == b"abc"
+    monkeypatch.setenv("AIRFLOW__KNATIVE__CHECKSUM", "md5")
+    store.forget_stores()
+    with pytest.raises(ConfigError, match=r"checksum .* must be one of blake3, sha256, xxh3-128"):
+        open_store()
+
+
+def test_unknown_checksum_is_refused_before_reading(file_store: str) -> None:
+    target = open_store()
+    stored = target.put("k/v.knc", [b"abc"])
+    with pytest.raises(StoreError, match=r"unknown checksum algorithm 'md5'.*upgrade") as err:
+        target.get_verified(stored.url, 3, "md5:900150983cd24fb0d6963f7d28e17f72")
+    assert not isinstance(err.value, ObjectCorruptError)
+    with pytest.raises(StoreError, match="unknown checksum algorithm"):
+        FileStore(file_store, digest="crc7")
+
+
+def test_split_and_format_digest() -> None:
+    assert store.split_digest("ab" * 32) == ("sha256", "ab" * 32)
+    assert store.split_digest("xxh3-128:" + "cd" * 16) == ("xxh3-128", "cd" * 16)
+    for algorithm, hexdigest in (("sha256", "ab" * 32), ("blake3", "ef" * 32), ("xxh3-128", "01" * 16)):
+        assert store.split_digest(store.format_digest(algorithm, hexdigest)) == (algorithm, hexdigest)
+
+
+def test_large_file_reads_map_the_object_privately(file_store: str) -> None:
+    """A verified read shares the page cache (no copy) yet behaves like a private copy."""
+    target = open_store()
+    data = payload(3 * MB + 7)
+    stored = target.put(target.new_key("map"), [data])
+    buf = target.get_verified(stored.url, stored.size, stored.sha256)
+    assert isinstance(buf, mmap.mmap)  # mapped, not copied
+    view = memoryview(buf)
+    assert not view.readonly and view.nbytes == len(data) and bytes(view) == data
+    view[0] ^= 0xFF  # the value may be modified ...
+    assert target.get(stored.url) == data  # ... the object is not
+    target.delete(stored.url)  # nor does deleting the object take the value away
+    assert bytes(view[1:]) == data[1:]
+
+
+def test_file_reads_copy_where_mapping_fails(file_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def cannot_map(*args: object, **kwargs: object) -> mmap.mmap:
+        raise OSError(19, "No such device")  # what a filesystem without mmap support answers
+
+    mapping = mmap.mmap
+    monkeypatch.setattr(store.mmap, "mmap", cannot_map)
+    target = open_store()
+    data = payload(3 * MB + 7)
+    stored = target.put(target.new_key("copy"), [data])
+    buf = target.get_verified(stored.url, stored.size, stored.sha256)
+    assert not isinstance(buf, mapping) and bytes(buf) == data and not memoryview(buf).readonly
+    _corrupt_one_byte(target, stored.url, data, at=len(data) - 1)
+    with pytest.raises(ObjectCorruptError, match="is corrupt"):
+        target.get_verified(stored.url, stored.size, stored.sha256)

@@ -7,12 +7,12 @@ balancer does.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import uuid
 
 import numpy as np
 import pytest
+from blake3 import blake3
 from tcp_proxy import CuttingProxy
 
 from airflow_provider_knative.store import S3Store
@@ -34,7 +34,7 @@ def _object(moto_server: str, bucket: str, size: int) -> tuple[str, bytes, str]:
     data = np.random.default_rng(7).integers(0, 256, size, dtype=np.uint8).tobytes()
     writer = S3Store(f"s3://{bucket}/x", endpoint_url=moto_server, concurrency=1, aws_conn_id="")
     stored = writer.put(f"obj/{uuid.uuid4().hex}.knc", [data])
-    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert stored.sha256 == "blake3:" + blake3(data).hexdigest()
     return stored.url, data, stored.sha256
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 import socket
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from blake3 import blake3
 from xcom_dagrun import load_dag, rerun_task, run_dag, task_states, xcom_rows
 
 from airflow_provider_knative import codec, store
@@ -134,7 +134,7 @@ def test_large_values_spill_with_a_self_describing_reference(file_store: str) ->
     assert stored["summary"] == "ndarray float64 (1000, 1000)"
     assert stored["ref"].startswith(file_store + "/d/manual__2024-01-01T00_00_00_00_00/t/return_value/")
     data = Path(stored["ref"][len("file://") :]).read_bytes()
-    assert stored["size"] == len(data) and stored["sha256"] == hashlib.sha256(data).hexdigest()
+    assert stored["size"] == len(data) and stored["sha256"] == "blake3:" + blake3(data).hexdigest()
     back = de(stored)
     np.testing.assert_array_equal(back, array)
     assert back.flags.writeable  # a private copy the task may modify
@@ -224,7 +224,7 @@ def test_corrupted_object_gives_a_clear_error_naming_the_url(file_store: str) ->
     data = bytearray(path.read_bytes())
     data[5000] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(SpilledValueError, match="corrupt: sha256") as err:
+    with pytest.raises(SpilledValueError, match="corrupt: blake3") as err:
         de(stored)
     assert stored["ref"] in str(err.value)
     path.write_bytes(bytes(data[:-10]))
@@ -314,7 +314,7 @@ def test_s3_deleted_and_corrupted_objects_name_the_url(s3_store: str) -> None:
     body = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
     body[-100] ^= 1
     client.put_object(Bucket=bucket, Key=key, Body=bytes(body))
-    with pytest.raises(SpilledValueError, match="corrupt: sha256") as err:
+    with pytest.raises(SpilledValueError, match="corrupt: blake3") as err:
         de(stored)
     assert stored["ref"] in str(err.value)
     client.delete_object(Bucket=bucket, Key=key)
