@@ -217,6 +217,10 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
         ),
     )
     short_port = free_port()
+    # a port held but never listened on: connections are refused for the whole module (a free
+    # port chosen and released could be taken by another server meanwhile)
+    never = socket.socket()
+    never.bind(("127.0.0.1", 0))
     cold = RelayProxy(stack.runtime_port, cold_seconds=10)
     recorder = RelayProxy(stack.runtime_port)
     stack.env.update(
@@ -229,7 +233,7 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
             "AIRFLOW_CONN_KNATIVE_NEVER": json.dumps(
                 {
                     "conn_type": "knative",
-                    "host": f"http://127.0.0.1:{free_port()}",
+                    "host": f"http://127.0.0.1:{never.getsockname()[1]}",
                     "extra": {"startup_deadline_seconds": NEVER_DEADLINE},
                 }
             ),
@@ -258,6 +262,7 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
         stack.stop()
         cold.close()
         recorder.close()
+        never.close()
         if not os.environ.get("KNATIVE_KEEP_STACK"):  # keep it to read the components' logs
             shutil.rmtree(state, ignore_errors=True)
 
