@@ -11,23 +11,18 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
 
-# PostgreSQL (Debian package) for the end-to-end tests on a real local deployment.
-if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+# Debian packages: PostgreSQL for the end-to-end tests on a real local deployment, Chromium and
+# chromedriver for the XCom tab test in a real browser. One `apt-get update`, one install.
+missing=()
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "PostgreSQL is missing and cannot be installed here: the end-to-end tests will be skipped" >&2
-  fi
-fi
-
-# Chromium and chromedriver (Debian packages) for the XCom tab test in a real browser.
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null
-  else
-    echo "chromium/chromium-driver are missing and cannot be installed here: the browser test will be skipped" >&2
+    echo "missing ${missing[*]} and cannot install here: the end-to-end and browser tests will be skipped" >&2
   fi
 fi
 
