@@ -22,13 +22,14 @@ timeout. ``wait_ready=False`` waits only for ``/healthz`` (to observe readiness 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,7 +40,7 @@ from servers import free_port
 BIN = Path(sys.executable).parent
 CONSOLE_SCRIPT = [str(BIN / "airflow-knative"), "serve"]
 MODULE_COMMAND = [sys.executable, "-m", "airflow_provider_knative.runtime", "serve"]
-__all__ = ["RuntimeProcess", "start_runtime"]
+__all__ = ["RuntimeProcess", "serving_tasks", "start_runtime"]
 
 
 class RuntimeProcess:
@@ -219,3 +220,21 @@ def start_runtime(
         runtime.stop()
         raise
     return runtime
+
+
+@contextlib.contextmanager
+def serving_tasks(
+    dags_folder: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> Iterator[RuntimeProcess]:
+    """A runtime that every ``@task.knative`` of this process calls: ``[knative] url_template``
+    points at it while the block runs, and is restored after."""
+    with start_runtime(dags_folder, env=env) as rt:
+        before = os.environ.get("AIRFLOW__KNATIVE__URL_TEMPLATE")
+        os.environ["AIRFLOW__KNATIVE__URL_TEMPLATE"] = rt.url
+        try:
+            yield rt
+        finally:
+            if before is None:
+                os.environ.pop("AIRFLOW__KNATIVE__URL_TEMPLATE", None)
+            else:
+                os.environ["AIRFLOW__KNATIVE__URL_TEMPLATE"] = before

@@ -5,28 +5,19 @@ checked there for the same type, dtype, unit, zone and precision; sync and defer
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 
 import pytest
 from conftest import TEST_DAGS
-from runtime_process import RuntimeProcess, start_runtime
+from runtime_process import RuntimeProcess, serving_tasks
 from xcom_dagrun import load_dag, task_states
 
 
 @pytest.fixture(scope="module")
 def runtime(airflow_home) -> Iterator[RuntimeProcess]:
-    with start_runtime(TEST_DAGS, env={"AIRFLOW__KNATIVE__SIGNING_SECRET": ""}) as rt:
-        before = os.environ.get("AIRFLOW__KNATIVE__URL_TEMPLATE")
-        os.environ["AIRFLOW__KNATIVE__URL_TEMPLATE"] = rt.url
-        try:
-            yield rt
-        finally:
-            if before is None:
-                os.environ.pop("AIRFLOW__KNATIVE__URL_TEMPLATE", None)
-            else:
-                os.environ["AIRFLOW__KNATIVE__URL_TEMPLATE"] = before
+    with serving_tasks(TEST_DAGS, env={"AIRFLOW__KNATIVE__SIGNING_SECRET": ""}) as rt:
+        yield rt
 
 
 @pytest.mark.parametrize("dag_id", ["xcom_exact_knative", "xcom_exact_knative_deferrable"])

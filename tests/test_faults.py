@@ -111,20 +111,25 @@ def _kill_and_restart(runtime: RuntimeProcess, marker: Path, started: list[Runti
     started.append(start_runtime(TEST_DAGS, port=runtime.port))  # Knative starts a new pod
 
 
+def _run_with_a_kill(dag_id: str, runtime: RuntimeProcess, marker: Path) -> object:
+    """Run the DAG while the runtime is SIGKILLed mid-call and a new one starts on its port."""
+    started: list[RuntimeProcess] = []
+    killer = threading.Thread(target=_kill_and_restart, args=(runtime, marker, started))
+    killer.start()
+    try:
+        return run_dag(dag_id, conf={"path": str(marker), "seconds": 3.0})
+    finally:
+        killer.join()
+        for rt in started:
+            rt.stop()
+
+
 @pytest.mark.parametrize("dag_id", ["knative_side_effect", "knative_side_effect_deferrable"])
 def test_sigkill_mid_call_never_runs_the_function_twice(
     dag_id: str, runtime: RuntimeProcess, tmp_path: Path, capfd: pytest.CaptureFixture
 ) -> None:
     marker = tmp_path / "ran.txt"
-    started: list[RuntimeProcess] = []
-    killer = threading.Thread(target=_kill_and_restart, args=(runtime, marker, started))
-    killer.start()
-    try:
-        run = run_dag(dag_id, conf={"path": str(marker), "seconds": 3.0})
-    finally:
-        killer.join()
-        for rt in started:
-            rt.stop()
+    run = _run_with_a_kill(dag_id, runtime, marker)
     out = capfd.readouterr().out
     assert task_states(run)[("record", -1)] == "failed", out[-3000:]
     assert _lines(marker) == 1  # never a second run, and never a success for an unknown outcome
@@ -135,15 +140,7 @@ def test_idempotent_calls_may_run_again_after_a_kill(
     runtime: RuntimeProcess, tmp_path: Path, capfd: pytest.CaptureFixture
 ) -> None:
     marker = tmp_path / "ran.txt"
-    started: list[RuntimeProcess] = []
-    killer = threading.Thread(target=_kill_and_restart, args=(runtime, marker, started))
-    killer.start()
-    try:
-        run = run_dag("knative_side_effect_idempotent", conf={"path": str(marker), "seconds": 3.0})
-    finally:
-        killer.join()
-        for rt in started:
-            rt.stop()
+    run = _run_with_a_kill("knative_side_effect_idempotent", runtime, marker)
     assert task_states(run)[("record", -1)] == "success", capfd.readouterr().out[-3000:]
     assert _lines(marker) == 2 and xcom_value(run, "record") == 2
 

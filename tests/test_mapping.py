@@ -8,13 +8,12 @@ deferrable) and with plain ``@task`` under the XCom backend.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 from conftest import TEST_DAGS
 from knative_dagrun import run_dag, stored_xcom, task_states, xcom_value
-from runtime_process import RuntimeProcess, start_runtime
+from runtime_process import RuntimeProcess, serving_tasks
 
 from airflow_provider_knative import codec
 from airflow_provider_knative.xcom import MARKER, pass_references
@@ -26,16 +25,8 @@ EXPECTED_SUMS = [float(i * ROWS) for i in range(BATCHES)]
 
 @pytest.fixture(scope="module")
 def runtime(airflow_home) -> Iterator[RuntimeProcess]:
-    with start_runtime(TEST_DAGS, env={"AIRFLOW__KNATIVE__SIGNING_SECRET": ""}) as rt:
-        before = os.environ.get("AIRFLOW__KNATIVE__URL_TEMPLATE")
-        os.environ["AIRFLOW__KNATIVE__URL_TEMPLATE"] = rt.url
-        try:
-            yield rt
-        finally:
-            if before is None:
-                os.environ.pop("AIRFLOW__KNATIVE__URL_TEMPLATE", None)
-            else:
-                os.environ["AIRFLOW__KNATIVE__URL_TEMPLATE"] = before
+    with serving_tasks(TEST_DAGS, env={"AIRFLOW__KNATIVE__SIGNING_SECRET": ""}) as rt:
+        yield rt
 
 
 def _check(run) -> None:

@@ -57,44 +57,21 @@ def cases() -> dict[str, Any]:
 PULLED = {"nan_inf"}
 
 
-@dag(schedule=None, catchup=False, tags=["test"], default_args={"retries": 0})
-def xcom_exact():
-    for name in cases():
-
-        @task(task_id=f"make_{name}")
-        def make(name: str = name) -> Any:
-            return cases()[name]
-
-        @task(task_id=f"check_{name}")
-        def check(value: Any, name: str = name) -> None:
-            assert_same(cases()[name], value)
-
-        @task(task_id=f"check_{name}")
-        def pull_and_check(name: str = name, ti: Any = None) -> None:
-            assert_same(cases()[name], ti.xcom_pull(task_ids=f"make_{name}"))
-
-        if name in PULLED:
-            make() >> pull_and_check()
-        else:
-            check(make())
-
-
-the_dag = xcom_exact()
-
-
-def _through_the_runtime(dag_id: str, **knative: Any):
-    """The same cases, each made and checked inside a Knative runtime (a function's result
-    crosses the wire twice: runtime -> Airflow as a result, Airflow -> runtime as an argument)."""
+def _cases_dag(dag_id: str, as_task: Any):
+    """One pair of tasks per case: ``make`` returns it, ``check`` compares what it receives.
+    ``as_task(task_id)`` is the decorator of both (plain ``@task``, or ``@task.knative``: then
+    a function's result crosses the wire twice, runtime -> Airflow as a result and Airflow ->
+    runtime as an argument)."""
 
     @dag(dag_id=dag_id, schedule=None, catchup=False, tags=["test"], default_args={"retries": 0})
-    def through_the_runtime():
+    def cases_dag():
         for name in cases():
 
-            @task.knative(task_id=f"make_{name}", service="exact", **knative)
+            @as_task(f"make_{name}")
             def make(name: str = name) -> Any:
                 return cases()[name]
 
-            @task.knative(task_id=f"check_{name}", service="exact", **knative)
+            @as_task(f"check_{name}")
             def check(value: Any, name: str = name) -> None:
                 assert_same(cases()[name], value)
 
@@ -107,8 +84,14 @@ def _through_the_runtime(dag_id: str, **knative: Any):
             else:
                 check(make())
 
-    return through_the_runtime()
+    return cases_dag()
 
 
-xcom_exact_knative = _through_the_runtime("xcom_exact_knative")
-xcom_exact_knative_deferrable = _through_the_runtime("xcom_exact_knative_deferrable", deferrable=True)
+the_dag = _cases_dag("xcom_exact", lambda task_id: task(task_id=task_id))
+xcom_exact_knative = _cases_dag(
+    "xcom_exact_knative", lambda task_id: task.knative(task_id=task_id, service="exact")
+)
+xcom_exact_knative_deferrable = _cases_dag(
+    "xcom_exact_knative_deferrable",
+    lambda task_id: task.knative(task_id=task_id, service="exact", deferrable=True),
+)
