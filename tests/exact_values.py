@@ -194,7 +194,7 @@ intervals = st.builds(
     st.sampled_from(["left", "right", "both", "neither"]),
 )
 
-scalar_dtypes = st.one_of(
+numeric_dtypes = st.one_of(
     hnp.integer_dtypes(endianness="="),
     hnp.unsigned_integer_dtypes(endianness="="),
     hnp.floating_dtypes(endianness="=", sizes=(16, 32, 64)),
@@ -202,6 +202,9 @@ scalar_dtypes = st.one_of(
     hnp.boolean_dtypes(),
     hnp.datetime64_dtypes(endianness="="),
     hnp.timedelta64_dtypes(endianness="="),
+)
+scalar_dtypes = st.one_of(
+    numeric_dtypes,
     hnp.byte_string_dtypes(endianness="=", min_len=1, max_len=6),
     hnp.unicode_string_dtypes(endianness="=", min_len=1, max_len=6),
 )

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from exact_values import numeric_dtypes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -68,15 +69,6 @@ def roundtrip(value: Any) -> Any:
 # Property: anything encodable round-trips exactly
 # --------------------------------------------------------------------------------------
 
-numeric_dtypes = st.one_of(
-    hnp.integer_dtypes(endianness="="),
-    hnp.unsigned_integer_dtypes(endianness="="),
-    hnp.floating_dtypes(endianness="=", sizes=(16, 32, 64)),
-    hnp.complex_number_dtypes(endianness="="),
-    hnp.boolean_dtypes(),
-    hnp.datetime64_dtypes(endianness="="),
-    hnp.timedelta64_dtypes(endianness="="),
-)
 arrays = numeric_dtypes.flatmap(
     lambda d: hnp.arrays(d, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=6))
 )
