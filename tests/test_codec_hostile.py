@@ -23,7 +23,7 @@ import pytest
 from exact_values import nest
 
 from airflow_provider_knative import codec
-from airflow_provider_knative.codec import CodecError
+from airflow_provider_knative.codec import CodecError, layout
 
 REPO = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
@@ -64,7 +64,7 @@ WIRE = {
 
 
 def test_extension_codes_are_pinned() -> None:
-    assert {n: getattr(codec, n) for n in dir(codec) if n.startswith("EXT_")} == WIRE
+    assert {n: getattr(layout, n) for n in dir(layout) if n.startswith("EXT_")} == WIRE
 
 
 def ext(name: str, payload: Any, raw: bool = False) -> msgpack.ExtType:

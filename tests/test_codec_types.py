@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_knative import codec
-from airflow_provider_knative.codec import ObjectRef
+from airflow_provider_knative.codec import ObjectRef, layout
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -538,15 +538,15 @@ def test_the_serde_comparison_covers_most_candidates() -> None:
 def test_frames_in_the_previous_datetime_and_time_layouts_still_decode() -> None:
     def frame(code: int, payload: Any) -> bytes:
         body = msgpack.packb(msgpack.ExtType(code, msgpack.packb(payload)))
-        head = codec._HEAD.pack(codec.MAGIC, len(body)) + body
-        return head + bytes(-len(head) % 64) + codec._TAIL.pack(0, codec.TRAILER_MAGIC)
+        head = layout.HEAD.pack(codec.MAGIC, len(body)) + body
+        return head + bytes(-len(head) % 64) + layout.TAIL.pack(0, codec.TRAILER_MAGIC)
 
     paris = ZoneInfo("Europe/Paris")
-    old = frame(codec.EXT_DATETIME, ["2024-10-27T02:30:00", 3600.0, "Europe/Paris"])
+    old = frame(layout.EXT_DATETIME, ["2024-10-27T02:30:00", 3600.0, "Europe/Paris"])
     assert_same(codec.loads(old), dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=paris))
-    fixed = frame(codec.EXT_DATETIME, ["2024-01-01T00:00:00", -12600.0, None])
+    fixed = frame(layout.EXT_DATETIME, ["2024-01-01T00:00:00", -12600.0, None])
     assert codec.loads(fixed).utcoffset() == dt.timedelta(hours=-3, minutes=-30)
-    assert codec.loads(frame(codec.EXT_TIME, "01:02:03.000004")) == dt.time(1, 2, 3, 4)
+    assert codec.loads(frame(layout.EXT_TIME, "01:02:03.000004")) == dt.time(1, 2, 3, 4)
 
 
 def test_regexes_in_messages_are_plain() -> None:
