@@ -126,7 +126,7 @@ CHILD = textwrap.dedent(
     where = job["where"]
     if where == "main":
         result = run()
-    elif where == "pool":  # how the runtime decodes: a ThreadPoolExecutor thread
+    elif where == "pool":  # how the runtime decodes: a worker thread (same default stack size)
         with ThreadPoolExecutor(max_workers=2) as pool:
             result = pool.submit(run).result()
     else:

@@ -21,7 +21,6 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -32,6 +31,7 @@ from airflow_provider_knative.functions import FunctionInfo
 from airflow_provider_knative.runtime import invoke
 from airflow_provider_knative.runtime.ledger import Ledger
 from airflow_provider_knative.runtime.loader import ImportFailure
+from airflow_provider_knative.runtime.workers import Workers
 from airflow_provider_knative.runtime.workload_runs import Busy, WorkloadRuns
 
 Scope = MutableMapping[str, Any]
@@ -92,7 +92,7 @@ class RuntimeApp:
         self,
         state: RuntimeState,
         limits: invoke.Limits,
-        pool: ThreadPoolExecutor,
+        pool: Workers,
         run: invoke.Runner,
         *,
         body_budget_bytes: int | None = None,
@@ -337,8 +337,7 @@ class RuntimeApp:
         return body
 
     async def _run(self, body: bytearray, headers: dict[str, str]) -> invoke.Outcome:
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.pool, self._handle, body, headers)
+        future = self.pool.submit(self._handle, body, headers)
         self._waiting.add(future)
         try:
             outcome = await future

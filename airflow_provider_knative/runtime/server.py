@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -33,6 +32,7 @@ from airflow_provider_knative.runtime import invoke, isolation, loader, logs
 from airflow_provider_knative.runtime.app import WORKLOAD_STOP_SECONDS, RuntimeApp, RuntimeState
 from airflow_provider_knative.runtime.forkserver import ForkServer
 from airflow_provider_knative.runtime.http import GuardedHttpToolsProtocol
+from airflow_provider_knative.runtime.workers import Workers
 from airflow_provider_knative.runtime.workload_runs import WorkloadRuns
 
 log = logging.getLogger("airflow_provider_knative.runtime")
@@ -257,7 +257,7 @@ def serve(dags_folder: str, host: str, port: int, tls: TLS | None = None) -> int
     mode = config.get("isolation")
     workloads = bool(config.get("workloads"))
     state = RuntimeState()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="knative-invoke")
+    pool = Workers(workers, name="knative-invoke")
     forks = ForkServer(dags_folder, workloads=workloads) if mode == "process" or workloads else None
     if mode == "process":
         assert forks is not None
@@ -310,7 +310,7 @@ def serve(dags_folder: str, host: str, port: int, tls: TLS | None = None) -> int
     finally:
         if forks is not None:
             forks.close()
-    pool.shutdown(wait=False, cancel_futures=True)
+    pool.shutdown()
     if app.in_flight or forks_failed:
         log.error(
             "drain timeout (%s s) passed with %d call(s) still running; exiting 1", drain, app.in_flight
