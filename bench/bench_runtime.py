@@ -402,7 +402,15 @@ def draw_sweep(data: dict[str, object], out_dir: Path) -> Path:
     assert isinstance(conns, list) and isinstance(rps, dict)
     return plot_curves(
         out_dir / "runtime_throughput.png",
-        [Series(name, conns, values) for name, values in rps.items()],
+        [
+            *(Series(name, conns, values) for name, values in rps.items()),
+            Series(
+                f"{TARGET_RPS_VS_FUNC_PYTHON:g}x func-python (target)",
+                conns,
+                [TARGET_RPS_VS_FUNC_PYTHON * v for v in rps["func-python"]],
+                reference=True,
+            ),
+        ],
         title="No-op call throughput against keep-alive connections",
         xlabel="concurrent keep-alive connections (one asyncio client process)",
         ylabel="requests per second",

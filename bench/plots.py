@@ -16,6 +16,7 @@ non-interactive Agg backend, so the benchmarks run headless.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,14 @@ def format_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def _plain_minor(v: float, _pos: int | None = None) -> str:
+    """Minor tick label of a log axis: only 2x and 5x a power of ten, so labels do not crowd."""
+    if v <= 0:
+        return ""
+    lead = v / 10 ** math.floor(math.log10(v))
+    return f"{v:g}" if round(lead, 6) in (2.0, 5.0) else ""
+
+
 def plot_curves(
     path: str | Path,
     series: Sequence[Series],
@@ -69,6 +78,8 @@ def plot_curves(
     xlabel: str,
     ylabel: str,
     log: bool = True,
+    logy: bool | None = None,
+    xticks: Sequence[float] | None = None,
     xunit: str | None = None,
     yunit: str | None = None,
     note: str | None = None,
@@ -76,20 +87,24 @@ def plot_curves(
 ) -> Path:
     """Draw ``series`` into one PNG at ``path`` (folders created) and return the path.
 
-    ``log`` makes both axes logarithmic (a straight line of slope 1 is linear growth).
-    ``xunit``/``yunit`` ``"bytes"`` label ticks as KB/MB/GB. ``vline`` marks an x value
-    (e.g. the inline threshold) with a label. ``note`` goes under the title (machine, date).
+    ``log`` makes both axes logarithmic (a straight line of slope 1 is linear growth);
+    ``logy`` (default: ``log``) decides the y axis on its own, e.g. ``log=True, logy=False``
+    for req/s against connections 1..64. ``xticks`` labels exactly these x values.
+    ``xunit``/``yunit`` ``"bytes"`` label ticks as KB/MB/GB, ``"plain"`` as plain numbers
+    (20, not 2x10^1). ``vline`` marks an x value (e.g. the inline threshold) with a label.
+    ``note`` goes under the title (machine, date).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, NullLocator
 
+    logy = log if logy is None else logy
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     spare = iter(_FALLBACK)
     for s in series:
-        points = [(x, y) for x, y in zip(s.x, s.y, strict=True) if y is not None and (not log or y > 0)]
+        points = [(x, y) for x, y in zip(s.x, s.y, strict=True) if y is not None and (not logy or y > 0)]
         if not points:
             continue
         xs, ys = zip(*points, strict=True)
@@ -100,7 +115,13 @@ def plot_curves(
             ax.plot(xs, ys, marker=marker, color=color, linewidth=1.6, markersize=5, label=s.name)
     if log:
         ax.set_xscale("log")
+    if logy:
         ax.set_yscale("log")
+    else:
+        ax.set_ylim(bottom=0)
+    if xticks is not None:
+        ax.set_xticks(list(xticks), [f"{v:g}" for v in xticks])
+        ax.xaxis.set_minor_locator(NullLocator())
     if vline is not None:
         ax.axvline(vline[0], color="#bbbbbb", linestyle=":", linewidth=1)
         ax.annotate(
@@ -115,6 +136,9 @@ def plot_curves(
     for unit, axis in ((xunit, ax.xaxis), (yunit, ax.yaxis)):
         if unit == "bytes":
             axis.set_major_formatter(FuncFormatter(lambda v, _pos: format_bytes(v)))
+        elif unit == "plain":  # 20 rather than 2x10^1, minor ticks of a log axis included
+            axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+            axis.set_minor_formatter(FuncFormatter(_plain_minor))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title if note is None else f"{title}\n{note}", fontsize=10)

@@ -11,6 +11,7 @@ from typing import Any
 
 import msgpack
 
+from airflow_provider_knative.codec import layout
 from airflow_provider_knative.codec.arrow import (
     ArrowItem,
     ArrowTooLarge,
@@ -23,35 +24,6 @@ from airflow_provider_knative.codec.layout import (
     ARROW_ALLOWANCE,
     DATAFRAME_BATCH_ROWS,
     DEFAULT_FACTORIES,
-    EXT_ARROW_TABLE,
-    EXT_BIGINT,
-    EXT_BYTEARRAY,
-    EXT_COMPLEX,
-    EXT_COUNTER,
-    EXT_DATAFRAME,
-    EXT_DATE,
-    EXT_DATETIME,
-    EXT_DECIMAL,
-    EXT_DEFAULTDICT,
-    EXT_FROZENSET,
-    EXT_NDARRAY,
-    EXT_NUMPY_SCALAR,
-    EXT_OBJECT_REF,
-    EXT_ORDEREDDICT,
-    EXT_PD_INTERVAL,
-    EXT_PD_NAT,
-    EXT_PD_PERIOD,
-    EXT_PD_TIMEDELTA,
-    EXT_PD_TIMESTAMP,
-    EXT_PENDULUM_DATE,
-    EXT_PENDULUM_DATETIME,
-    EXT_PENDULUM_TIME,
-    EXT_SERIES,
-    EXT_SET,
-    EXT_TIME,
-    EXT_TIMEDELTA,
-    EXT_TUPLE,
-    EXT_UUID,
     MAX_DEPTH,
     OUT_OF_BAND_MIN,
     check_dtype,
@@ -182,21 +154,21 @@ def _series_payload(enc: Encoder, series: Any) -> list[Any]:
 
 
 _COMPOSITE_ENCODERS: dict[type, tuple[int, Callable[[Encoder, Any], Any]]] = {
-    tuple: (EXT_TUPLE, lambda enc, obj: list(obj)),
-    set: (EXT_SET, lambda enc, obj: list(obj)),
-    frozenset: (EXT_FROZENSET, lambda enc, obj: list(obj)),
-    collections.OrderedDict: (EXT_ORDEREDDICT, lambda enc, obj: dict(obj)),
-    collections.Counter: (EXT_COUNTER, lambda enc, obj: dict(obj)),
-    collections.defaultdict: (EXT_DEFAULTDICT, defaultdict_payload),
+    tuple: (layout.EXT_TUPLE, lambda enc, obj: list(obj)),
+    set: (layout.EXT_SET, lambda enc, obj: list(obj)),
+    frozenset: (layout.EXT_FROZENSET, lambda enc, obj: list(obj)),
+    collections.OrderedDict: (layout.EXT_ORDEREDDICT, lambda enc, obj: dict(obj)),
+    collections.Counter: (layout.EXT_COUNTER, lambda enc, obj: dict(obj)),
+    collections.defaultdict: (layout.EXT_DEFAULTDICT, defaultdict_payload),
 }
 
 
 def _register_pandas_composites() -> None:
     import pandas as pd
 
-    _COMPOSITE_ENCODERS[pd.Series] = (EXT_SERIES, _series_payload)
+    _COMPOSITE_ENCODERS[pd.Series] = (layout.EXT_SERIES, _series_payload)
     _COMPOSITE_ENCODERS[pd.Interval] = (
-        EXT_PD_INTERVAL,
+        layout.EXT_PD_INTERVAL,
         lambda enc, obj: [obj.left, obj.right, obj.closed],
     )
 
@@ -206,15 +178,17 @@ def _register_pandas_composites() -> None:
 
 def _enc_int(enc: Encoder, obj: int) -> Any:
     # msgpack hands us only ints beyond 64 bits
-    return msgpack.ExtType(EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8, "little", signed=True))
+    return msgpack.ExtType(
+        layout.EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8, "little", signed=True)
+    )
 
 
 def _enc_complex(enc: Encoder, obj: complex) -> Any:
-    return _leaf(enc, EXT_COMPLEX, [obj.real, obj.imag])
+    return _leaf(enc, layout.EXT_COMPLEX, [obj.real, obj.imag])
 
 
 def _enc_box(enc: Encoder, obj: Box) -> Any:
-    return msgpack.ExtType(EXT_BYTEARRAY, bytes(obj.data))
+    return msgpack.ExtType(layout.EXT_BYTEARRAY, bytes(obj.data))
 
 
 def _leaf(enc: Encoder, code: int, payload: Any) -> msgpack.ExtType:
@@ -222,7 +196,7 @@ def _leaf(enc: Encoder, code: int, payload: Any) -> msgpack.ExtType:
 
 
 def _enc_datetime(enc: Encoder, obj: dt.datetime) -> Any:
-    return _leaf(enc, EXT_DATETIME, _datetime_fields(obj))
+    return _leaf(enc, layout.EXT_DATETIME, _datetime_fields(obj))
 
 
 def _datetime_fields(obj: dt.datetime) -> list[Any]:
@@ -239,11 +213,11 @@ def _datetime_fields(obj: dt.datetime) -> list[Any]:
 
 
 def _enc_date(enc: Encoder, obj: dt.date) -> Any:
-    return _leaf(enc, EXT_DATE, obj.toordinal())
+    return _leaf(enc, layout.EXT_DATE, obj.toordinal())
 
 
 def _enc_time(enc: Encoder, obj: dt.time) -> Any:
-    return _leaf(enc, EXT_TIME, _time_fields(obj))
+    return _leaf(enc, layout.EXT_TIME, _time_fields(obj))
 
 
 def _time_fields(obj: dt.time) -> list[Any]:
@@ -253,19 +227,19 @@ def _time_fields(obj: dt.time) -> list[Any]:
 
 
 def _enc_timedelta(enc: Encoder, obj: dt.timedelta) -> Any:
-    return _leaf(enc, EXT_TIMEDELTA, [obj.days, obj.seconds, obj.microseconds])
+    return _leaf(enc, layout.EXT_TIMEDELTA, [obj.days, obj.seconds, obj.microseconds])
 
 
 def _enc_decimal(enc: Encoder, obj: decimal.Decimal) -> Any:
-    return _leaf(enc, EXT_DECIMAL, str(obj))
+    return _leaf(enc, layout.EXT_DECIMAL, str(obj))
 
 
 def _enc_uuid(enc: Encoder, obj: uuid.UUID) -> Any:
-    return msgpack.ExtType(EXT_UUID, obj.bytes)
+    return msgpack.ExtType(layout.EXT_UUID, obj.bytes)
 
 
 def _enc_ref(enc: Encoder, obj: ObjectRef) -> Any:
-    return _leaf(enc, EXT_OBJECT_REF, obj.to_dict())
+    return _leaf(enc, layout.EXT_OBJECT_REF, obj.to_dict())
 
 
 def _encode_tz(tz: dt.tzinfo) -> list[Any]:
@@ -312,7 +286,7 @@ def _enc_ndarray(enc: Encoder, arr: Any) -> Any:
         fortran = False
     flat = arr.ravel(order="F" if fortran else "C").view(np.uint8)
     data = enc.bytes_payload(memoryview(flat))
-    return _leaf(enc, EXT_NDARRAY, [arr.dtype.str, list(arr.shape), fortran, data])
+    return _leaf(enc, layout.EXT_NDARRAY, [arr.dtype.str, list(arr.shape), fortran, data])
 
 
 def _enc_numpy_scalar(enc: Encoder, obj: Any) -> Any:
@@ -326,14 +300,14 @@ def _enc_numpy_scalar(enc: Encoder, obj: Any) -> Any:
         raw = bytes.__bytes__(obj)
     else:
         raw = np.asarray(obj).tobytes()
-    return _leaf(enc, EXT_NUMPY_SCALAR, [dtype.str, raw])
+    return _leaf(enc, layout.EXT_NUMPY_SCALAR, [dtype.str, raw])
 
 
 # pandas -----------------------------------------------------------------------------
 
 
 def _enc_dataframe(enc: Encoder, frame: Any) -> Any:
-    return _leaf(enc, EXT_DATAFRAME, enc.oob(dataframe_ipc(enc, frame, frame), frame))
+    return _leaf(enc, layout.EXT_DATAFRAME, enc.oob(dataframe_ipc(enc, frame, frame), frame))
 
 
 def _enc_timestamp(enc: Encoder, ts: Any) -> Any:
@@ -341,33 +315,33 @@ def _enc_timestamp(enc: Encoder, ts: Any) -> Any:
 
     value = int(ts.to_datetime64().astype(np.int64))  # in its unit; UTC when it has a zone
     tz = None if ts.tzinfo is None else _encode_tz(ts.tzinfo)
-    return _leaf(enc, EXT_PD_TIMESTAMP, [ts.unit, value, tz])
+    return _leaf(enc, layout.EXT_PD_TIMESTAMP, [ts.unit, value, tz])
 
 
 def _enc_pd_timedelta(enc: Encoder, td: Any) -> Any:
     import numpy as np
 
-    return _leaf(enc, EXT_PD_TIMEDELTA, [td.unit, int(td.to_timedelta64().astype(np.int64))])
+    return _leaf(enc, layout.EXT_PD_TIMEDELTA, [td.unit, int(td.to_timedelta64().astype(np.int64))])
 
 
 def _enc_nat(enc: Encoder, obj: Any) -> Any:
-    return msgpack.ExtType(EXT_PD_NAT, b"")
+    return msgpack.ExtType(layout.EXT_PD_NAT, b"")
 
 
 def _enc_period(enc: Encoder, period: Any) -> Any:
-    return _leaf(enc, EXT_PD_PERIOD, [period.ordinal, period.freqstr])
+    return _leaf(enc, layout.EXT_PD_PERIOD, [period.ordinal, period.freqstr])
 
 
 def _enc_pendulum_datetime(enc: Encoder, obj: Any) -> Any:
-    return _leaf(enc, EXT_PENDULUM_DATETIME, _datetime_fields(obj))
+    return _leaf(enc, layout.EXT_PENDULUM_DATETIME, _datetime_fields(obj))
 
 
 def _enc_pendulum_date(enc: Encoder, obj: Any) -> Any:
-    return _leaf(enc, EXT_PENDULUM_DATE, obj.toordinal())
+    return _leaf(enc, layout.EXT_PENDULUM_DATE, obj.toordinal())
 
 
 def _enc_pendulum_time(enc: Encoder, obj: Any) -> Any:
-    return _leaf(enc, EXT_PENDULUM_TIME, _time_fields(obj))
+    return _leaf(enc, layout.EXT_PENDULUM_TIME, _time_fields(obj))
 
 
 # pyarrow ----------------------------------------------------------------------------
@@ -380,7 +354,9 @@ def _enc_arrow_table(enc: Encoder, table: Any) -> Any:
     excess = arrow_excess(batches)
     if excess > ARROW_ALLOWANCE:
         raise ArrowTooLarge(table, excess)
-    return _leaf(enc, EXT_ARROW_TABLE, enc.oob(ipc_stream(enc, item, table.schema, batches, excess), table))
+    return _leaf(
+        enc, layout.EXT_ARROW_TABLE, enc.oob(ipc_stream(enc, item, table.schema, batches, excess), table)
+    )
 
 
 _ENCODERS: dict[type, Callable[[Encoder, Any], Any]] = {

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgpack
 
+from airflow_provider_knative.codec import layout
 from airflow_provider_knative.codec.arrow import arrow_excess, read_table
 from airflow_provider_knative.codec.layout import (
     ARROW_ALLOWANCE,
@@ -22,35 +23,6 @@ from airflow_provider_knative.codec.layout import (
     COMPOSITE_CODES,
     DEFAULT_FACTORIES,
     DTYPE_STR,
-    EXT_ARROW_TABLE,
-    EXT_BIGINT,
-    EXT_BYTEARRAY,
-    EXT_COMPLEX,
-    EXT_COUNTER,
-    EXT_DATAFRAME,
-    EXT_DATE,
-    EXT_DATETIME,
-    EXT_DECIMAL,
-    EXT_DEFAULTDICT,
-    EXT_FROZENSET,
-    EXT_NDARRAY,
-    EXT_NUMPY_SCALAR,
-    EXT_OBJECT_REF,
-    EXT_ORDEREDDICT,
-    EXT_PD_INTERVAL,
-    EXT_PD_NAT,
-    EXT_PD_PERIOD,
-    EXT_PD_TIMEDELTA,
-    EXT_PD_TIMESTAMP,
-    EXT_PENDULUM_DATE,
-    EXT_PENDULUM_DATETIME,
-    EXT_PENDULUM_TIME,
-    EXT_SERIES,
-    EXT_SET,
-    EXT_TIME,
-    EXT_TIMEDELTA,
-    EXT_TUPLE,
-    EXT_UUID,
     MAX_DEPTH,
     MAX_NDIM,
     check_dtype,
@@ -215,14 +187,14 @@ def _dec_interval(dec: Decoder, inner: Any) -> Any:
 
 
 _COMPOSITE_DECODERS: dict[int, Callable[[Decoder, Any], Any]] = {
-    EXT_TUPLE: lambda dec, inner: tuple(_expect(inner, list, "tuple")),
-    EXT_SET: lambda dec, inner: set(_hashables(inner, "set")),
-    EXT_FROZENSET: lambda dec, inner: frozenset(_hashables(inner, "frozenset")),
-    EXT_ORDEREDDICT: lambda dec, inner: collections.OrderedDict(_mapping(inner, "OrderedDict")),
-    EXT_COUNTER: lambda dec, inner: collections.Counter(_mapping(inner, "Counter")),
-    EXT_DEFAULTDICT: _dec_defaultdict,
-    EXT_SERIES: _dec_series,
-    EXT_PD_INTERVAL: _dec_interval,
+    layout.EXT_TUPLE: lambda dec, inner: tuple(_expect(inner, list, "tuple")),
+    layout.EXT_SET: lambda dec, inner: set(_hashables(inner, "set")),
+    layout.EXT_FROZENSET: lambda dec, inner: frozenset(_hashables(inner, "frozenset")),
+    layout.EXT_ORDEREDDICT: lambda dec, inner: collections.OrderedDict(_mapping(inner, "OrderedDict")),
+    layout.EXT_COUNTER: lambda dec, inner: collections.Counter(_mapping(inner, "Counter")),
+    layout.EXT_DEFAULTDICT: _dec_defaultdict,
+    layout.EXT_SERIES: _dec_series,
+    layout.EXT_PD_INTERVAL: _dec_interval,
 }
 
 
@@ -248,10 +220,10 @@ def _dec_nat(data: bytes) -> Any:
 
 # payloads that are raw bytes, not msgpack
 _RAW_DECODERS: dict[int, Callable[[bytes], Any]] = {
-    EXT_UUID: _dec_uuid,
-    EXT_BYTEARRAY: bytearray,
-    EXT_BIGINT: _dec_bigint,
-    EXT_PD_NAT: _dec_nat,
+    layout.EXT_UUID: _dec_uuid,
+    layout.EXT_BYTEARRAY: bytearray,
+    layout.EXT_BIGINT: _dec_bigint,
+    layout.EXT_PD_NAT: _dec_nat,
 }
 
 
@@ -447,21 +419,21 @@ def _dec_period(dec: Decoder, inner: Any) -> Any:
 
 
 _SCALAR_DECODERS: dict[int, Callable[[Decoder, Any], Any]] = {
-    EXT_DATETIME: _dec_datetime,
-    EXT_DATE: _dec_date,
-    EXT_TIME: lambda dec, inner: _dec_time(dt.time, inner),
-    EXT_TIMEDELTA: _dec_timedelta,
-    EXT_DECIMAL: lambda dec, inner: decimal.Decimal(_expect(inner, str, "Decimal")),
-    EXT_OBJECT_REF: lambda dec, inner: ObjectRef.from_dict(inner),
-    EXT_NDARRAY: _dec_ndarray,
-    EXT_NUMPY_SCALAR: _dec_numpy_scalar,
-    EXT_ARROW_TABLE: lambda dec, inner: dec.table(inner),
-    EXT_DATAFRAME: lambda dec, inner: dec.table(inner).to_pandas(),
-    EXT_COMPLEX: _dec_complex,
-    EXT_PD_TIMESTAMP: _dec_timestamp,
-    EXT_PD_TIMEDELTA: _dec_pd_timedelta,
-    EXT_PD_PERIOD: _dec_period,
-    EXT_PENDULUM_DATETIME: _dec_pendulum_datetime,
-    EXT_PENDULUM_DATE: _dec_pendulum_date,
-    EXT_PENDULUM_TIME: _dec_pendulum_time,
+    layout.EXT_DATETIME: _dec_datetime,
+    layout.EXT_DATE: _dec_date,
+    layout.EXT_TIME: lambda dec, inner: _dec_time(dt.time, inner),
+    layout.EXT_TIMEDELTA: _dec_timedelta,
+    layout.EXT_DECIMAL: lambda dec, inner: decimal.Decimal(_expect(inner, str, "Decimal")),
+    layout.EXT_OBJECT_REF: lambda dec, inner: ObjectRef.from_dict(inner),
+    layout.EXT_NDARRAY: _dec_ndarray,
+    layout.EXT_NUMPY_SCALAR: _dec_numpy_scalar,
+    layout.EXT_ARROW_TABLE: lambda dec, inner: dec.table(inner),
+    layout.EXT_DATAFRAME: lambda dec, inner: dec.table(inner).to_pandas(),
+    layout.EXT_COMPLEX: _dec_complex,
+    layout.EXT_PD_TIMESTAMP: _dec_timestamp,
+    layout.EXT_PD_TIMEDELTA: _dec_pd_timedelta,
+    layout.EXT_PD_PERIOD: _dec_period,
+    layout.EXT_PENDULUM_DATETIME: _dec_pendulum_datetime,
+    layout.EXT_PENDULUM_DATE: _dec_pendulum_date,
+    layout.EXT_PENDULUM_TIME: _dec_pendulum_time,
 }
