@@ -15,7 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from servers import BIN, running_moto_server
+
+# No example may fail for being slow: these machines are shared, and speed lives in bench/.
+settings.register_profile("knative", deadline=None)
+settings.load_profile("knative")
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DAGS = Path(__file__).resolve().parent / "dags"

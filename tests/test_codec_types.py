@@ -287,9 +287,6 @@ def test_any_value_of_carried_types_round_trips_exactly(value: Any) -> None:
     check(value)
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
-)
 def _holds_ref(value: Any) -> bool:
     if isinstance(value, ObjectRef):
         return True
@@ -301,6 +298,9 @@ def _holds_ref(value: Any) -> bool:
 
 
 # An ObjectRef is a reference, not a user value: the backend hands a task what it points to.
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 @given(values.filter(lambda v: not _holds_ref(v)))
 def test_any_value_round_trips_exactly_through_the_xcom_backend(value: Any) -> None:
     from airflow_provider_knative import xcom
