@@ -1,6 +1,6 @@
 """Benchmark the Knative runtime against raw uvicorn and Knative's func-python, in the same run.
 
-    .venv/bin/python bench/bench_runtime.py [--requests 10000] [--rounds 3] [--sweep]
+    .venv/bin/python bench/bench_runtime.py [--requests 10000] [--rounds 5] [--sweep]
         [--func-python-venv bench/results/func-python-venv] [--dags tests/runtime_dags/basic]
 
 Three servers run side by side on 127.0.0.1 (free ports), each in its own process:
@@ -212,10 +212,15 @@ def _script_server(
     port = free_port()
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
         fh.write(source)
-    proc = subprocess.Popen([python, fh.name, str(port)], stdin=subprocess.DEVNULL)
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([python, fh.name, str(port)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
         _wait_http(port, _request(ready_path, ready_body, port), proc)
         yield proc.pid, port
+    except BaseException:
+        log.seek(0)
+        sys.stderr.write(log.read()[-4000:].decode(errors="replace"))
+        raise
     finally:
         proc.terminate()
         try:
@@ -223,6 +228,7 @@ def _script_server(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
         os.unlink(fh.name)
 
 
@@ -247,7 +253,12 @@ def cold_start_script(python: str, source: str, ready_path: str, runs: int = 3) 
         with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
             fh.write(source)
         t = time.perf_counter()
-        proc = subprocess.Popen([python, fh.name, str(port)], stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [python, fh.name, str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             body = None if ready_path.startswith("/health") else b"x"
             _wait_http(port, _request(ready_path, body, port), proc)
@@ -357,17 +368,14 @@ def _p99(values: list[float]) -> float:
 
 def cold_start(dags: Path, runs: int = 3) -> dict[str, float]:
     """Median of ``runs`` starts: Popen to /readyz 200, plus the runtime's own split."""
-    totals, splits = [], []
+    totals: list[float] = []
+    splits: list[dict[str, float]] = []
     for _ in range(runs):
         t = time.perf_counter()
         rt = start_runtime(dags, timeout=60)
         totals.append(time.perf_counter() - t)
         rt.stop()
-        match = re.search(
-            r"python\+server ([\d.]+) s, airflow import ([\d.]+) s, DAG import ([\d.]+) s", rt.output()
-        )
-        if match:
-            splits.append([float(g) for g in match.groups()])
+        splits.append(_reported_split(rt.output()))
     python_only = []
     for _ in range(runs):
         t = time.perf_counter()
@@ -382,11 +390,20 @@ def cold_start(dags: Path, runs: int = 3) -> dict[str, float]:
         "python_start_s": statistics.median(python_only),
         "import_airflow_sdk_alone_s": airflow_alone,
     }
-    if splits:
-        out["server_up_s"] = statistics.median(s[0] for s in splits)
-        out["airflow_import_s"] = statistics.median(s[1] for s in splits)
-        out["dag_import_s"] = statistics.median(s[2] for s in splits)
+    for key in splits[0]:
+        if all(key in split for split in splits):
+            out[key] = statistics.median(split[key] for split in splits)
     return out
+
+
+def _reported_split(log: str) -> dict[str, float]:
+    """The runtime's own account of its start: ``cold start 2.004 s (server_up_s 0.242, ...)``."""
+    match = re.search(r"cold start ([\d.]+) s \(([^)]*)\)", log)
+    if match is None:
+        return {}
+    split = {"reported_total_s": float(match.group(1))}
+    split.update((k, float(v)) for k, v in re.findall(r"(\w+) ([\d.]+)", match.group(2)))
+    return split
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -424,10 +441,10 @@ def draw_sweep(data: dict[str, object], out_dir: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=10000, help="requests per throughput run")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the table")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the table")
     parser.add_argument("--sweep", action="store_true", help="also req/s against 1..64 connections")
-    parser.add_argument("--sweep-requests", type=int, default=3000, help="requests per sweep point")
-    parser.add_argument("--sweep-rounds", type=int, default=2, help="interleaved runs per sweep point")
+    parser.add_argument("--sweep-requests", type=int, default=8000, help="requests per sweep point")
+    parser.add_argument("--sweep-rounds", type=int, default=3, help="interleaved runs per sweep point")
     parser.add_argument("--out", type=Path, default=DOCS_DIR, help="folder of the sweep's PNG and JSON")
     parser.add_argument(
         "--func-python-venv",
