@@ -12,6 +12,7 @@ scheduler are killed and restarted, one scenario at a time.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -214,9 +215,11 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
             "exec_missing",
             "exec_replay",
             "exec_deadline",
+            "exec_narrow",
         ),
     )
     short_port = free_port()
+    narrow_port = free_port()
     # a port held but never listened on: connections are refused for the whole module (a free
     # port chosen and released could be taken by another server meanwhile)
     never = socket.socket()
@@ -230,6 +233,9 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
             "AIRFLOW_CONN_KNATIVE_SHORT": json.dumps(
                 {"conn_type": "knative", "host": f"http://127.0.0.1:{short_port}"}
             ),
+            "AIRFLOW_CONN_KNATIVE_NARROW": json.dumps(
+                {"conn_type": "knative", "host": f"http://127.0.0.1:{narrow_port}"}
+            ),
             "AIRFLOW_CONN_KNATIVE_NEVER": json.dumps(
                 {
                     "conn_type": "knative",
@@ -242,9 +248,12 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
     stack.start()
     # a second "Service" whose requests time out after 35 s (Knative's timeoutSeconds)
     stack.start_runtime("runtime-short", short_port, {"AIRFLOW__KNATIVE__REQUEST_TIMEOUT_SECONDS": "35"})
-    _wait_until(
-        lambda: StackClient(f"http://127.0.0.1:{short_port}").ready("/readyz"), what="the second runtime"
-    )
+    # a third whose pod runs one task at a time
+    stack.start_runtime("runtime-narrow", narrow_port, {"AIRFLOW__KNATIVE__CONTAINER_CONCURRENCY": "1"})
+    for port in (short_port, narrow_port):
+        _wait_until(
+            lambda p=port: StackClient(f"http://127.0.0.1:{p}").ready("/readyz"), what=f"runtime :{port}"
+        )
     client = StackClient(stack.url, timeout=60)
     try:
         yield ExecStack(
@@ -280,6 +289,7 @@ def runs(ex: ExecStack) -> dict[str, Any]:
     started["replay"] = ex.trigger("exec_replay", {"path": str(started["replay_marker"])})
     started["deadline_marker"] = ex.marker("deadline")
     started["deadline"] = ex.trigger("exec_deadline", {"path": str(started["deadline_marker"])})
+    started["narrow"] = ex.trigger("exec_narrow")
     return started
 
 
@@ -324,6 +334,21 @@ def test_a_cold_service_is_waited_for_and_then_runs(ex: ExecStack, runs: dict[st
     assert ex.wait("exec_cold", run_id) == "success"
     assert ex.cold.refused >= 3  # 503 for 10 s, retried with backoff, then the task ran
     assert ex.xcom("exec_cold", run_id, "hello") == "hello"
+
+
+def test_a_full_runtime_queues_workloads_instead_of_bouncing_them(
+    ex: ExecStack, runs: dict[str, Any]
+) -> None:
+    """Two tasks at once, one slot: they run one after another, and none is refused as Busy
+    and backed off (it waits in line, as behind Knative's queue-proxy)."""
+    run_id = runs["narrow"]
+    assert ex.wait("exec_narrow", run_id) == "success", ex.tis("exec_narrow", run_id)
+    tis = sorted(ex.tis("exec_narrow", run_id), key=lambda ti: ti["start_date"])
+    assert [ti["try_number"] for ti in tis] == [1, 1]
+    for earlier, later in itertools.pairwise(tis):
+        assert earlier["end_date"] <= later["start_date"], "two tasks ran at once in a one-slot runtime"
+    scheduler_log = ex.stack.process("scheduler").log_path.read_text(errors="replace")
+    assert "Busy" not in scheduler_log, "a workload was refused as Busy instead of waiting for the slot"
 
 
 def test_a_service_that_never_comes_up_fails_within_the_deadline(ex: ExecStack, runs: dict[str, Any]) -> None:

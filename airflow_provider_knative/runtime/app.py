@@ -32,7 +32,7 @@ from airflow_provider_knative.runtime import invoke
 from airflow_provider_knative.runtime.ledger import Ledger
 from airflow_provider_knative.runtime.loader import ImportFailure
 from airflow_provider_knative.runtime.workers import Workers
-from airflow_provider_knative.runtime.workload_runs import Busy, WorkloadRuns
+from airflow_provider_knative.runtime.workload_runs import ADMISSION_WAIT_SECONDS, Busy, WorkloadRuns
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -293,14 +293,15 @@ class RuntimeApp:
             return
         server = os.environ.get("AIRFLOW__CORE__EXECUTION_API_SERVER_URL") or request.server
         try:
-            run = runs.start_or_join(request, executor=request.executor, server=server)
+            run = await runs.admit(request, executor=request.executor, server=server)
         except Busy:
             await self._respond(
                 send,
                 invoke.error_outcome(
                     503,
                     "Busy",
-                    f"this runtime runs {runs.capacity} workloads already ([knative] container_concurrency)",
+                    f"this runtime runs {runs.capacity} workloads already ([knative] container_concurrency) "
+                    f"and none finished within {ADMISSION_WAIT_SECONDS:g} s",
                 ),
             )
             return

@@ -45,6 +45,11 @@ TIMEOUT_MARGIN_SECONDS = 15.0
 RETENTION_SECONDS = 3600.0
 #: after SIGTERM, how long a stopped task may take to end before its processes are killed
 TASK_KILL_GRACE_SECONDS = 5.0
+#: how long a workload waits in line for a free slot before the answer is 503 ``Busy``. Knative's
+#: queue-proxy queues in front of a full pod the same way; without it (direct access, the local
+#: stack) a burst of tasks would bounce off a full runtime and back off for seconds while slots
+#: free up. Shorter than the executor's stream read timeout, so the client is still there.
+ADMISSION_WAIT_SECONDS = 20.0
 
 
 @dataclass
@@ -78,10 +83,49 @@ class WorkloadRuns:
         self.runtime = socket.gethostname()
         self.remote_logs = task_logs.remote_folder_from_env()
         self.runs: dict[str, Run] = {}
+        self._line: list[object] = []  # workloads waiting for a slot, first come first served
+        self._slots_changed = asyncio.Event()
 
     @property
     def active(self) -> int:
         return sum(1 for run in self.runs.values() if not run.finished)
+
+    def _full(self) -> bool:
+        return bool(self.capacity) and self.active >= self.capacity
+
+    def _slot_event(self) -> None:
+        self._slots_changed.set()
+        self._slots_changed = asyncio.Event()
+
+    async def admit(
+        self,
+        request: protocol.WorkloadRequest,
+        executor: str,
+        server: str,
+        wait: float = ADMISSION_WAIT_SECONDS,
+    ) -> Run:
+        """The run of this delivery, waiting in line up to ``wait`` seconds while every slot is
+        taken; raises Busy if none frees up by then (nothing started, so the client sends it again)."""
+        if request.delivery in self.runs or (not self._line and not self._full()):
+            return self.start_or_join(request, executor, server)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        ticket = object()
+        self._line.append(ticket)
+        try:
+            while (self._line[0] is not ticket or self._full()) and request.delivery not in self.runs:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise Busy
+                changed = self._slots_changed
+                try:
+                    await asyncio.wait_for(changed.wait(), remaining)
+                except TimeoutError:
+                    pass
+            return self.start_or_join(request, executor, server)
+        finally:
+            self._line.remove(ticket)
+            self._slot_event()  # the next in line may go now
 
     def start_or_join(self, request: protocol.WorkloadRequest, executor: str, server: str) -> Run:
         """The run of this delivery: the one already going, or a new one. Raises Busy when full."""
@@ -192,6 +236,7 @@ class WorkloadRuns:
         run.finished = True
         run.finished_at = time.monotonic()
         run.changed.set()
+        self._slot_event()
         if self.remote_logs and run.log_relpath:
             asyncio.get_running_loop().run_in_executor(None, self._upload_now, run)
         log.info("workload %s finished (%s)", run.delivery, run.events[-1] if run.events else status)

@@ -155,3 +155,20 @@ def exec_deadline():
 
 
 exec_deadline()
+
+
+@dag(dag_id="exec_narrow", schedule=None, catchup=False, tags=["executor-test"])
+def exec_narrow():
+    """Two tasks at once against a runtime that runs one at a time (container_concurrency 1)."""
+
+    @task(executor_config={"knative": {"service": "exec-narrow", "conn_id": "knative_narrow"}})
+    def slow(i: int) -> int:
+        import time
+
+        time.sleep(1)
+        return i
+
+    slow.expand(i=[0, 1])
+
+
+exec_narrow()
