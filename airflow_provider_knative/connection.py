@@ -6,6 +6,7 @@ Airflow itself is importing) and the triggerer both use it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -141,23 +142,33 @@ class TLSSettings:
         return {"verify": self.verify, "cert": self.cert}
 
     def ssl_context(self) -> Any:
-        """An ``ssl.SSLContext`` with the same rules, for httpx (which takes nothing else)."""
-        import ssl
+        """An ``ssl.SSLContext`` with the same rules, for httpx (which takes nothing else).
 
-        if self.verify is False:
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        elif isinstance(self.verify, str):
-            context = ssl.create_default_context(cafile=self.verify)
-        else:
-            import certifi  # what requests and httpx trust by default
+        Built once per settings and process: loading a CA bundle costs milliseconds of CPU, which
+        the executor would otherwise pay for every task it sends. A bundle changed on disk is
+        read again after a restart.
+        """
+        return _ssl_context(self)
 
-            context = ssl.create_default_context(cafile=certifi.where())
-        if self.cert is not None:
-            certfile, keyfile = self.cert if isinstance(self.cert, tuple) else (self.cert, None)
-            context.load_cert_chain(certfile, keyfile)
-        return context
+
+@functools.lru_cache(maxsize=32)
+def _ssl_context(tls: TLSSettings) -> Any:
+    import ssl
+
+    if tls.verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif isinstance(tls.verify, str):
+        context = ssl.create_default_context(cafile=tls.verify)
+    else:
+        import certifi  # what requests and httpx trust by default
+
+        context = ssl.create_default_context(cafile=certifi.where())
+    if tls.cert is not None:
+        certfile, keyfile = tls.cert if isinstance(tls.cert, tuple) else (tls.cert, None)
+        context.load_cert_chain(certfile, keyfile)
+    return context
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,13 @@ longer running (cleared, marked failed).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("airflow_provider_knative.runtime")
 
 #: modules a task needs, imported once in the fork server so a task starts in milliseconds
 PREIMPORT = (
@@ -43,6 +46,16 @@ def preimport() -> None:
             importlib.import_module(name)
         except ImportError:  # an optional provider the image does not have
             pass
+    # The supervisor's Execution API client builds its SSL context through a per-process cache;
+    # one client made here fills it, and every forked child inherits it instead of loading the CA
+    # bundle again (about a tenth of a short task's CPU in the runtime). A LocalExecutor worker
+    # process fills it once too.
+    try:
+        from airflow.sdk.api.client import Client
+
+        Client(base_url="http://127.0.0.1", token="").close()
+    except Exception as exc:  # children then build it themselves
+        log.warning("could not prepare the Execution API client's SSL context: %s", exc)
 
 
 def check(workload: Any) -> tuple[str, str] | None:
