@@ -24,6 +24,7 @@ child and exits; if the fork server dies, every running job ends with an error.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import os
 import queue
@@ -301,6 +302,10 @@ def serve_forks(control: socket.socket, functions_ready: dict[str, Any]) -> None
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    # Everything imported so far (Airflow, the DAGs) lives as long as this process: moved out of
+    # the collector's reach, a child's garbage collections no longer walk it, and so no longer
+    # copy every page it sits on (what LocalExecutor does before it forks its workers).
+    gc.freeze()
     send_message(control, ["ready", functions_ready])
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ, None)
