@@ -72,7 +72,6 @@ def bench_overhead(calls: int) -> dict[str, float]:
     import requests
     from runtime_process import start_runtime
 
-    from airflow_provider_knative.invoker import Request
 
     folder = Path(tempfile.mkdtemp(prefix="knative-bench-dags-"))
     (folder / "bench_noop.py").write_text(NOOP_DAG)
@@ -92,8 +91,7 @@ def bench_overhead(calls: int) -> dict[str, float]:
 
         def operator_call() -> None:
             request = op.build_request(context)
-            request = Request(request.url, request.body, secret=op.hook.settings.secret)
-            assert op._finish(op.hook.invoke(request, op.timeouts()), request.url, context) is None
+            assert op.answer(op.hook.invoke(request, op.timeouts()), request.url, context) is None
 
         body = op.build_request(context).body
         url = rt.url + "/invoke"

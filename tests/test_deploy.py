@@ -558,7 +558,14 @@ def test_the_executors_services_are_emitted_with_what_the_runtime_needs(tmp_path
         *("--executor", executor, "--execution-api-url", "http://airflow-api.airflow.svc:8080/execution/"),
         *("--remote-log-folder", "knative+s3://logs-bucket/task-logs"),
     )
-    assert set(manifests) == {"airflow-tasks", "exec-cold", "exec-never", "exec-replay", "exec-deadline"}
+    assert set(manifests) == {
+        "airflow-tasks",
+        "exec-cold",
+        "exec-never",
+        "exec-replay",
+        "exec-deadline",
+        "exec-narrow",
+    }
     default = manifests["airflow-tasks"]
     tasks = default["metadata"]["annotations"]["airflow-provider-knative/task-ids"].split(",")
     assert "exec_values.bash_op" in tasks and "exec_values.square" in tasks
