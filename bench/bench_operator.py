@@ -72,7 +72,6 @@ def bench_overhead(calls: int) -> dict[str, float]:
     import requests
     from runtime_process import start_runtime
 
-
     folder = Path(tempfile.mkdtemp(prefix="knative-bench-dags-"))
     (folder / "bench_noop.py").write_text(NOOP_DAG)
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(folder)

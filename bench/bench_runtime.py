@@ -71,8 +71,8 @@ TARGET_P50_VS_RAW = 1.5
 TARGET_HEALTHZ_P99_MS = 50.0
 TARGET_COLD_START_S = 1.0
 
-RAW_APP = """
-import sys, uvicorn
+# the same no-op ASGI app for both baselines: reads the body, answers 100 bytes
+NOOP_APP = """
 BODY = b"x" * 100
 async def app(scope, receive, send):
     if scope["type"] != "http":
@@ -84,31 +84,32 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/octet-stream"), (b"content-length", b"100")]})
     await send({"type": "http.response.body", "body": BODY})
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=False, log_level="warning",
+"""
+RAW_APP = (
+    "import sys, uvicorn\n"
+    + NOOP_APP
+    + """uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=False, log_level="warning",
             lifespan="off")
 """
+)
 
 # func-python's own entry point, as its templates use it: a ``new()`` factory whose object has
 # an ASGI ``handle``; ``serve`` binds LISTEN_ADDRESS and runs hypercorn with its defaults.
-FUNC_PYTHON_APP = """
-import logging, os, sys
+FUNC_PYTHON_APP = (
+    """import logging, os, sys
 os.environ["LISTEN_ADDRESS"] = "127.0.0.1:" + sys.argv[1]
 from func_python.http import serve
 logging.getLogger().setLevel(logging.WARNING)  # its startup notices; nothing is logged per request
-BODY = b"x" * 100
-class Function:
+"""
+    + NOOP_APP
+    + """class Function:
     async def handle(self, scope, receive, send):
-        more = True
-        while more:
-            msg = await receive()
-            more = msg.get("more_body", False)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/octet-stream"), (b"content-length", b"100")]})
-        await send({"type": "http.response.body", "body": BODY})
+        await app(scope, receive, send)
 def new():
     return Function()
 serve(new)
 """
+)
 
 
 # --- a minimal keep-alive HTTP/1.1 client -------------------------------------------------------
