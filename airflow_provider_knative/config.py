@@ -296,6 +296,12 @@ def _airflow_conf() -> Any | None:
 _cfg_cache: dict[str, str | None] = {}
 
 
+def forget_cached() -> None:
+    """Drop the airflow.cfg values ``cached=True`` reads kept, so the next read sees the file
+    as it is now (a long-lived process after airflow.cfg changed, or a test)."""
+    _cfg_cache.clear()
+
+
 def raw(key: str, *, cached: bool = False) -> str | None:
     """The configured text of ``key``: environment first, then airflow.cfg, else None.
 

@@ -56,7 +56,7 @@ def test_airflow_cfg_is_read_inside_airflow(monkeypatch: pytest.MonkeyPatch) -> 
     conf.set("knative", "transfer_concurrency", "3")
     try:
         assert config.get("transfer_concurrency") == 3
-        config._cfg_cache.clear()
+        config.forget_cached()
         assert config.get("transfer_concurrency", cached=True) == 3
         conf.set("knative", "transfer_concurrency", "5")
         assert config.get("transfer_concurrency") == 5  # uncached reads see the change
@@ -65,7 +65,7 @@ def test_airflow_cfg_is_read_inside_airflow(monkeypatch: pytest.MonkeyPatch) -> 
         assert config.get("transfer_concurrency", cached=True) == 7  # the environment still wins
     finally:
         conf.remove_option("knative", "transfer_concurrency")
-        config._cfg_cache.clear()
+        config.forget_cached()
 
 
 def test_every_option_is_declared_for_airflow() -> None:
