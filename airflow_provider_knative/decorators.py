@@ -177,8 +177,13 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
         except RemoteFunctionError as exc:
             self._emit_remote_logs(exc.result)  # type: ignore[arg-type]
             remote_type = getattr(getattr(exc.result, "error", None), "type", "")
+            what = (
+                "the call did not complete"  # the pod went away under it, or it was cancelled
+                if remote_type in protocol.POD_GONE_ERRORS or remote_type == protocol.CANCELLED
+                else "the function failed"
+            )
             raise KnativeFunctionError(
-                f"{self.task_id}: the function failed in {self._where()}: {exc}", remote_type
+                f"{self.task_id}: {what} in {self._where()}: {exc}", remote_type
             ) from None
         self._emit_remote_logs(result)
         value = result.value

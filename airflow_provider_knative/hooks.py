@@ -215,6 +215,8 @@ class KnativeHook(BaseHook):
         self._settings: ServiceSettings | None = None
         self._cancelled = threading.Event()
         self._connections: list[Any] = []
+        #: the invocation in progress (``cancel`` asks the runtime to stop it)
+        self._current: Request | None = None
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -305,7 +307,12 @@ class KnativeHook(BaseHook):
     # HTTP library and in how they wait.
 
     def invoke(
-        self, request: Request, timeouts: Timeouts | None = None, *, idempotent: bool = False
+        self,
+        request: Request,
+        timeouts: Timeouts | None = None,
+        *,
+        idempotent: bool = False,
+        probe_first: bool = False,
     ) -> Response:
         """Send ``request`` and return the final answer (see ``invoker.call_flow`` for retries).
 
@@ -314,24 +321,33 @@ class KnativeHook(BaseHook):
         """
         settings = self.settings
         timeouts = timeouts or settings.timeouts
-        flow = call_flow(request, timeouts, idempotent=idempotent)
+        flow = call_flow(request, timeouts, idempotent=idempotent, probe_first=probe_first)
         outcome: Outcome = None
-        while True:
-            self._check_cancelled(request)
-            try:
-                step = flow.send(outcome)
-            except StopIteration as done:
-                return done.value
-            if isinstance(step, Wait):
-                self.log.info("%s", step.message)
-                if self._cancelled.wait(step.seconds):
-                    self._check_cancelled(request)
-                outcome = None
-            else:
-                outcome = self._send(step, settings, timeouts)
+        self._current = request
+        try:
+            while True:
+                self._check_cancelled(request)
+                try:
+                    step = flow.send(outcome)
+                except StopIteration as done:
+                    return done.value
+                if isinstance(step, Wait):
+                    self.log.info("%s", step.message)
+                    if self._cancelled.wait(step.seconds):
+                        self._check_cancelled(request)
+                    outcome = None
+                else:
+                    outcome = self._send(step, settings, timeouts)
+        finally:
+            self._current = None
 
     async def ainvoke(
-        self, request: Request, timeouts: Timeouts | None = None, *, idempotent: bool = False
+        self,
+        request: Request,
+        timeouts: Timeouts | None = None,
+        *,
+        idempotent: bool = False,
+        probe_first: bool = False,
     ) -> Response:
         """The async twin of :meth:`invoke` (httpx, for the triggerer): same flow, same errors."""
         settings = await self.asettings()
@@ -340,7 +356,7 @@ class KnativeHook(BaseHook):
         # are honoured through settings.tls
         async with await _async_client(timeouts, settings.tls) as client:
             return await self._adrive(
-                call_flow(request, timeouts, idempotent=idempotent),
+                call_flow(request, timeouts, idempotent=idempotent, probe_first=probe_first),
                 lambda step: self._asend(client, step, settings),
             )
 
@@ -462,7 +478,8 @@ class KnativeHook(BaseHook):
             raise InvocationCancelled(f"call to {request.url} abandoned by on_kill")
 
     def cancel(self) -> None:
-        """Abandon the call in progress (``on_kill``): no more attempts, its socket shut down.
+        """Abandon the call in progress (``on_kill``): no more attempts, its socket shut down,
+        and the runtime asked to stop it on whichever replica runs it.
 
         Runs in the SIGTERM handler (on the thread blocked in the call) or on another thread;
         either way the blocked read returns, and the attempt ends as cancelled.
@@ -470,6 +487,56 @@ class KnativeHook(BaseHook):
         self._cancelled.set()
         for connection in list(self._connections):
             _shutdown(connection)
+        current = self._current
+        if current is not None and current.invocation_id:
+            self._send_cancel(current)
+
+    def _send_cancel(self, request: Request) -> None:
+        """``DELETE /invocations/<id>``, best effort and briefly (a task being killed cannot wait)."""
+        settings = self.settings
+        cancel = request.cancel_request()
+        try:
+            answer = http_session().delete(
+                cancel.url,
+                headers={**settings.headers, **cancel.headers(settings.secret)},
+                timeout=(min(settings.timeouts.connect, CANCEL_TIMEOUT_SECONDS), CANCEL_TIMEOUT_SECONDS),
+                **settings.tls.requests_kwargs(),
+            )
+            self.log.info(
+                "asked %s to stop invocation %s: HTTP %d",
+                cancel.url,
+                request.invocation_id,
+                answer.status_code,
+            )
+        except requests.RequestException as exc:
+            self.log.warning(
+                "could not ask %s to stop invocation %s: %s", cancel.url, request.invocation_id, exc
+            )
+
+    async def acancel(self, request: Request) -> None:
+        """The async twin of the cancel request (a deferred task marked failed: ``Trigger.on_kill``)."""
+        import httpx
+
+        settings = await self.asettings()
+        cancel = request.cancel_request()
+        timeouts = Timeouts(
+            min(settings.timeouts.connect, CANCEL_TIMEOUT_SECONDS), CANCEL_TIMEOUT_SECONDS, 0.0
+        )
+        try:
+            async with await _async_client(timeouts, settings.tls) as client:
+                answer = await client.delete(
+                    cancel.url, headers={**settings.headers, **cancel.headers(settings.secret)}
+                )
+            self.log.info(
+                "asked %s to stop invocation %s: HTTP %d",
+                cancel.url,
+                request.invocation_id,
+                answer.status_code,
+            )
+        except httpx.HTTPError as exc:
+            self.log.warning(
+                "could not ask %s to stop invocation %s: %s", cancel.url, request.invocation_id, exc
+            )
 
 
 async def _async_client(timeouts: Timeouts, tls: TLSSettings) -> Any:
@@ -488,6 +555,8 @@ async def _no_lines() -> AsyncIterator[str]:
     yield
 
 
+#: how long a cancel request (``on_kill``) may take: the task is being killed
+CANCEL_TIMEOUT_SECONDS = 5.0
 #: the runtime's readiness endpoint, which the Test button calls
 READY_PATH = "/readyz"
 #: how long the Test button waits for the answer (a cold Knative Service may be scaling up)

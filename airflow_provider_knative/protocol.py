@@ -11,9 +11,13 @@ unsigned or stale bytes are never decoded, and it accepts each signature once
 (:class:`ReplayGuard`), so a captured request cannot be replayed inside the window either.
 Method and path are signed too: a signature for one route is worthless on another.
 
-Every invocation from Airflow carries an id (the task try's identity). The runtime remembers
-the ids it has run, so a retried or replayed id gets the recorded outcome (or "still
-running"), never a second run; ``GET /invocations/<id>`` asks about one without starting it.
+Every invocation from Airflow carries an id (the task try's identity) and an attempt number
+(``POST /invoke?attempt=N``, 1 when absent). The runtime keeps a record of every call in the
+object store (``records.py``): a retried or replayed id gets the recorded outcome (or "still
+running"), never a second run, on whichever replica it lands; ``GET /invocations/<id>`` asks
+about one without starting it, and declares an attempt nobody started void, so the caller may
+send the call again as the next attempt (``Result.status == "not_started"``).
+``DELETE /invocations/<id>`` asks the replica running it to stop it.
 """
 
 from __future__ import annotations
@@ -52,25 +56,55 @@ __all__ = [
     "sign",
     "source_hash",
     "verify",
+    "with_attempt",
 ]
 
-PROTOCOL_VERSION = 2
+#: 3: attempts, records across replicas (``not_started``, ``next_attempt``, ``replica``), cancel
+PROTOCOL_VERSION = 3
 CONTENT_TYPE = "application/x-msgpack"
 INVOKE_PATH = "/invoke"
 #: ``GET /invocations/<id>?wait=<seconds>``: the outcome of an invocation, without starting it
 INVOCATIONS_PATH = "/invocations/"
-#: ``POST /workloads``: run an Airflow ``ExecuteTask`` workload (the KnativeExecutor)
+#: ``POST /workloads``: run an Airflow ``ExecuteTask`` workload (the KnativeExecutor);
+#: ``GET /workloads/<delivery>``: what the delivery's record says (workload events)
 WORKLOADS_PATH = "/workloads"
+
+
+def record_path(path: str) -> str:
+    """The path under which the runtime answers for the calls it takes at ``path``."""
+    return WORKLOADS_PATH + "/" if path.endswith(WORKLOADS_PATH) else INVOCATIONS_PATH
+
+
 #: the event stream a workload request is answered with: one JSON object per line
 EVENTS_CONTENT_TYPE = "application/x-ndjson"
 SIGNATURE_HEADER = "X-Knative-Signature"
 TIMESTAMP_HEADER = "X-Knative-Timestamp"
 NONCE_HEADER = "X-Knative-Nonce"
 SIGNATURE_SCHEME = "v2"
-#: the error types with which the runtime says "I did not start it" (safe to send again)
-NOT_STARTED_ERRORS = frozenset({"NotReady", "ShuttingDown", "Busy"})
-#: the error type with which the runtime says it has no record of an invocation id
+#: the error types with which the runtime says "I did not start it" (safe to send again):
+#: ``StoreUnavailable``: the claim that must precede every run could not be written
+NOT_STARTED_ERRORS = frozenset({"NotReady", "ShuttingDown", "Busy", "StoreUnavailable"})
+#: the error type with which the runtime says it has no record of an invocation id (a runtime
+#: without a store: its memory is its record)
 UNKNOWN_INVOCATION = "UnknownInvocation"
+#: the error types of a call whose pod went away under it (its lease expired, or the drain at
+#: scale-down outlived it): a definite failure; an idempotent call is sent again as a new attempt
+ABANDONED = "Abandoned"
+POD_GONE_ERRORS = frozenset({ABANDONED, "DrainTimeout"})
+#: the error type of a call stopped on request (``DELETE /invocations/<id>``)
+CANCELLED = "Cancelled"
+#: the query parameter that numbers the attempts of one call (``records.py``)
+ATTEMPT_PARAM = "attempt"
+#: ``GET /invocations/<id>?probe=1``: where the call stands, without declaring anything void
+#: (a restored trigger asks before it sends)
+PROBE_PARAM = "probe"
+
+
+def with_attempt(path: str, attempt: int) -> str:
+    """``path`` for attempt ``attempt`` of a call (the first attempt needs no parameter)."""
+    if attempt <= 1:
+        return path
+    return f"{path}{'&' if '?' in path else '?'}{ATTEMPT_PARAM}={attempt}"
 
 
 def function_id(dag_id: str, task_id: str) -> str:
@@ -240,6 +274,13 @@ class WorkloadRequest:
 EVENT_ACCEPTED = "accepted"  # the supervisor is starting: {"runtime": pod, "pid": supervisor pid}
 EVENT_ALIVE = "alive"  # every few seconds while it runs
 EVENT_EXIT = "exit"  # {"code": exit code, "reason": why it stopped when the runtime stopped it}
+#: {"runtime": pod, "reason": ...}: this delivery runs (or ran) elsewhere: another replica holds
+#: its claim, or another delivery of the task's try won Airflow's ti_run race. Not an end of the
+#: task: the executor follows the task in Airflow's database
+EVENT_ELSEWHERE = "elsewhere"
+#: {"type": ..., "message": ...}: in a delivery's record, the runtime refused to start it (the
+#: original request was answered 422 with the same reason)
+EVENT_REFUSED = "refused"
 
 
 @dataclass
@@ -263,16 +304,25 @@ class RemoteError:
         )
 
 
+#: every ``Result.status``: ``running`` answers a status query while the call runs;
+#: ``not_started`` says no attempt of it ran: send it again as ``next_attempt``
+RESULT_STATUSES = ("ok", "error", "running", "not_started")
+
+
 @dataclass
 class Result:
     """What the runtime answers: ``ok`` with the return value, or ``error``; logs either way."""
 
-    status: str  # "ok" | "error" | "running" (an invocation asked about that has not finished)
+    status: str  # one of RESULT_STATUSES
     value: Any = None
     error: RemoteError | None = None
     logs: str = ""
     logs_truncated: bool = False
     duration_seconds: float = 0.0
+    #: the pod (and runtime process) that ran the call, or that the record names
+    replica: str = ""
+    #: with ``not_started``: the attempt number to send the call again with
+    next_attempt: int = 0
     version: int = PROTOCOL_VERSION
 
     @property
@@ -288,6 +338,8 @@ class Result:
             "logs": self.logs,
             "logs_truncated": self.logs_truncated,
             "duration": self.duration_seconds,
+            "replica": self.replica,
+            "next_attempt": self.next_attempt,
         }
 
     def encode(self) -> bytes:
@@ -298,7 +350,7 @@ class Result:
         data = codec.loads(body)
         _require(isinstance(data, dict), "result must be a map")
         status = data.get("status")
-        _require(status in ("ok", "error", "running"), "status must be 'ok', 'error' or 'running'")
+        _require(status in RESULT_STATUSES, f"status must be one of {', '.join(RESULT_STATUSES)}")
         error = data.get("error")
         return cls(
             status=status,
@@ -307,6 +359,8 @@ class Result:
             logs=str(data.get("logs", "")),
             logs_truncated=bool(data.get("logs_truncated", False)),
             duration_seconds=float(data.get("duration", 0.0)),
+            replica=str(data.get("replica", "")),
+            next_attempt=int(data.get("next_attempt", 0) or 0),
             version=int(data.get("v", PROTOCOL_VERSION)),
         )
 

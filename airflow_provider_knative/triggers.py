@@ -93,8 +93,8 @@ class KnativeInvocationTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # A cancelled trigger (triggerer restart) keeps its spilled request body: the trigger
-        # runs again elsewhere, and the runtime answers a resent invocation id with the
-        # outcome it recorded instead of running it twice.
+        # runs again elsewhere, asks the call's record first (probe_first) and follows the call
+        # an earlier triggerer sent instead of sending it again.
         try:
             event = await self._call()
         except KnativeError as exc:
@@ -108,9 +108,8 @@ class KnativeInvocationTrigger(BaseTrigger):
         await asyncio.to_thread(self._drop_request_body)
         yield TriggerEvent(event)
 
-    async def _call(self) -> dict[str, Any]:
-        body = await asyncio.to_thread(spill.unpack_bytes, self.body, delete=False)
-        request = Request(
+    def _request(self, body: bytes) -> Request:
+        return Request(
             url=self.url,
             body=body,
             method=self.method,
@@ -118,8 +117,18 @@ class KnativeInvocationTrigger(BaseTrigger):
             invocation_id=self.invocation_id,
             headers_extra=self.headers,
         )
+
+    async def _call(self) -> dict[str, Any]:
+        body = await asyncio.to_thread(spill.unpack_bytes, self.body, delete=False)
         hook = KnativeHook(self.knative_conn_id)
-        response = await hook.ainvoke(request, Timeouts.from_dict(self.timeouts), idempotent=self.idempotent)
+        # Airflow restores a trigger (same kwargs) after its triggerer died: the call may already
+        # run on some replica, so its record is asked before anything is sent
+        response = await hook.ainvoke(
+            self._request(body),
+            Timeouts.from_dict(self.timeouts),
+            idempotent=self.idempotent,
+            probe_first=bool(self.invocation_id) and not self.idempotent,
+        )
         packed = await asyncio.to_thread(
             spill.pack_bytes,
             response.body,
@@ -135,6 +144,12 @@ class KnativeInvocationTrigger(BaseTrigger):
             "content_type": response.content_type,
             "body": packed,
         }
+
+    async def on_kill(self) -> None:
+        """The deferred task was marked failed or cleared (Airflow 3.3+ calls this on a user's
+        cancel only, not when the triggerer stops): stop the call on the replica running it."""
+        if self.invocation_id:
+            await KnativeHook(self.knative_conn_id).acancel(self._request(b""))
 
     def _drop_request_body(self) -> None:
         """A spilled request body is needed once; remove it whatever happened."""

@@ -56,6 +56,8 @@ def port(monkeypatch: pytest.MonkeyPatch) -> int:
     chosen = free_port()
     monkeypatch.setenv("AIRFLOW__KNATIVE__URL_TEMPLATE", f"http://127.0.0.1:{chosen}")
     monkeypatch.setenv("AIRFLOW__KNATIVE__STARTUP_DEADLINE_SECONDS", "60")
+    # a killed pod's calls are found abandoned once their lease is this old (default 30 s)
+    monkeypatch.setenv("AIRFLOW__KNATIVE__RECORD_LEASE_SECONDS", "3")
     return chosen
 
 
@@ -133,7 +135,8 @@ def test_sigkill_mid_call_never_runs_the_function_twice(
     out = capfd.readouterr().out
     assert task_states(run)[("record", -1)] == "failed", out[-3000:]
     assert _lines(marker) == 1  # never a second run, and never a success for an unknown outcome
-    assert "never runs twice" in out and "has no record of invocation" in out
+    # a definite failure that names the pod that stopped, never "unknown"
+    assert "was abandoned: the pod" in out and "stopped renewing its lease" in out
 
 
 def test_idempotent_calls_may_run_again_after_a_kill(

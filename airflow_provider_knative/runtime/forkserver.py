@@ -436,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     loader.set_current(registry)
     for kind in HANDLERS:  # imported here once, not in every child
         _resolve(kind)
+    from airflow_provider_knative.runtime import claims
+
+    claims.warm()
     info = {
         "functions": [
             {

@@ -25,6 +25,7 @@ exception type) and its message says what to do.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import traceback
@@ -32,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_knative import aws, codec, functions, protocol
+from airflow_provider_knative import aws, codec, functions, protocol, records
 from airflow_provider_knative.errors import (
     ArgumentMismatch,
     KnativeError,
@@ -42,9 +43,10 @@ from airflow_provider_knative.errors import (
     StoreError,
 )
 from airflow_provider_knative.functions import Function, FunctionInfo
-from airflow_provider_knative.runtime import logs
+from airflow_provider_knative.runtime import claims, logs
 from airflow_provider_knative.runtime.ledger import Entry, Ledger
 
+_log = logging.getLogger("airflow_provider_knative.runtime")
 aws.install()  # [knative] aws_conn_id: an Airflow connection (e.g. AIRFLOW_CONN_... from a Secret) for S3
 
 #: module names the loader gives DAG files (as Airflow does): unusual_prefix_<sha1>_<stem>
@@ -65,14 +67,21 @@ class Limits:
 class Outcome:
     """An HTTP answer: status, msgpack body, and a one-line error for the response header.
 
-    ``pending`` instead: this invocation id is already running or has run (a retry or a
-    replay); the caller waits for that entry's outcome rather than running it again.
+    ``pending`` instead: this invocation id is already running or has run in this process (a
+    retry or a replay); the caller waits for that entry's outcome rather than running it again.
+    ``follow`` instead: another replica holds the claim of ``(call, attempt)``; the caller
+    waits for its outcome in the record.
     """
 
     status: int
     body: bytes
     error: str = ""
     pending: Entry[Outcome] | None = None
+    follow: tuple[str, int] | None = None
+
+    @classmethod
+    def of(cls, finished: records.Finished) -> Outcome:
+        return cls(finished.status, finished.body, finished.error)
 
 
 class Rejected(KnativeError):
@@ -109,10 +118,14 @@ def verify(
     *,
     method: str = "POST",
     path: str = protocol.INVOKE_PATH,
-) -> None:
-    """Check the signature (when a secret is set) and that it was not used before; raise Rejected(401)."""
+) -> str:
+    """Check the signature (when a secret is set) and that it was not used before; raise Rejected(401).
+
+    Returns the signature ("" without a secret), which the record of the call keeps so that a
+    replay of this very request is refused on every replica.
+    """
     if limits.signing_secret is None:
-        return
+        return ""
     try:
         signature, sent = protocol.verify(
             limits.signing_secret,
@@ -126,6 +139,7 @@ def verify(
             guard.check(signature, sent)
     except SignatureError as exc:
         raise Rejected(401, "SignatureError", str(exc)) from None
+    return signature
 
 
 def _decode(body: bytearray) -> protocol.Invocation:
@@ -212,8 +226,14 @@ def _user_traceback(exc: BaseException) -> str:
     return _clean("".join(traceback.format_exception(type(exc), exc, tb)))
 
 
-#: how a call is run once admitted (see ``isolation``)
-Runner = Callable[[FunctionInfo, protocol.Invocation, bytes | bytearray], "Outcome"]
+#: how a call is run once admitted (see ``isolation``): the Claimer, when the runtime keeps
+#: records, is called right before the function starts
+Runner = Callable[[FunctionInfo, protocol.Invocation, bytes | bytearray, "claims.Claimer | None"], "Outcome"]
+
+
+def ledger_key(call: str, attempt: int) -> str:
+    """One attempt of one call, as this process's ledger knows it."""
+    return f"{call}#{attempt}"
 
 
 def handle(
@@ -224,38 +244,104 @@ def handle(
     run: Runner,
     guard: protocol.ReplayGuard | None = None,
     ledger: Ledger[Outcome] | None = None,
+    records_: records.Records | None = None,
+    attempt: int = 1,
+    slot: dict[str, str] | None = None,
+    path: str = protocol.INVOKE_PATH,
 ) -> Outcome:
     """Answer one invocation. Runs in a worker thread; never raises.
 
     ``run`` calls the function (in this thread, or in a process of its own: see
-    ``isolation``). An invocation id seen before is not run again: the answer is
-    ``Outcome(pending=entry)`` and the caller waits for that entry's recorded outcome.
+    ``isolation``). An invocation id seen before in this process is not run again: the answer
+    is ``Outcome(pending=entry)`` and the caller waits for that entry's outcome. With
+    ``records_``, the call is claimed in the store right before it starts; a claim held by
+    another replica is answered ``Outcome(follow=...)`` (wait for its record), and the outcome
+    is recorded before it is answered. ``slot["key"]`` tells the caller the ledger key.
     """
     try:
-        verify(body, headers, limits, guard)
+        signature = verify(body, headers, limits, guard, path=path)
         inv = _decode(body)
         fn = _lookup(inv, functions_)
     except Rejected as exc:
         return error_outcome(exc.status, exc.type, exc.message)
-    if ledger is None or not inv.invocation_id:
-        return run(fn, inv, body)
-    entry, fresh = ledger.begin(inv.invocation_id)
+    # a signed request without an id is recorded by its signature: a replay is refused everywhere
+    call = inv.invocation_id or (f"signed:{signature}" if signature and records_ is not None else "")
+    if ledger is None or not call:
+        return run(fn, inv, body, None)
+    digest = claims.request_digest(body)
+    key = ledger_key(call, attempt)
+    if slot is not None:
+        slot["key"] = key
+    entry, fresh = ledger.begin(key, request=(digest, call, attempt))
     if not fresh:
+        if entry.request[0] != digest:
+            return error_outcome(
+                409,
+                "RequestMismatch",
+                f"invocation id {call!r} is already used by another request in this runtime; one id is "
+                "one request. Clear the task so Airflow gives it a new try number",
+            )
         return Outcome(0, b"", pending=entry)
+    claimer = claims.Claimer(call, attempt, digest, signature, records_) if records_ is not None else None
     outcome = Outcome(500, b"")
     try:
-        outcome = run(fn, inv, body)
+        outcome = run(fn, inv, body, claimer)
+        if claimer is not None:
+            outcome = settle(claimer, outcome)
     finally:
-        ledger.finish(inv.invocation_id, outcome)
+        if claimer is not None and not claimer.claimed and claimer.holder is None:
+            # refused before its claim (the store was down, the attempt void, the arguments
+            # wrong): it never started, so this is no outcome of the call to remember
+            ledger.forget(key)
+        else:
+            ledger.finish(key, outcome)
     return outcome
 
 
-def run(fn: Function, inv: protocol.Invocation, limits: Limits) -> Outcome:
-    """Prepare the arguments, call the function, encode the result; every failure an Outcome."""
+def settle(claimer: claims.Claimer, outcome: Outcome) -> Outcome:
+    """After a run: record the outcome of a claimed call (the record's outcome is the answer);
+    a claim held elsewhere is followed; a call refused before its claim is answered as it is."""
+    if claimer.holder is not None:
+        return Outcome(0, b"", follow=(claimer.call, claimer.attempt))
+    if not claimer.claimed or claimer.recorded:
+        return outcome
+    book = claimer.book
+    mine = book.finished(claimer.call, claimer.attempt, outcome.status, outcome.body, outcome.error)
+    deadline = time.monotonic() + records.OUTCOME_WRITE_SECONDS
+    delay = 0.1
+    while True:
+        try:
+            final = Outcome.of(book.finish(claimer.call, mine))
+            claimer.recorded = True
+            return final
+        except StoreError as exc:
+            if time.monotonic() + delay > deadline:
+                # the caller still gets the true answer; later readers of the record will find the
+                # lease expired and say "abandoned": a definite failure, never a wrong value
+                _log.error("could not record the outcome of %s in %s: %s", claimer.call, book.where, exc)
+                return outcome
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+
+
+def run(
+    fn: Function,
+    inv: protocol.Invocation,
+    limits: Limits,
+    begin: Callable[[], tuple[int, bytes, str] | None] | None = None,
+) -> Outcome:
+    """Prepare the arguments, call the function, encode the result; every failure an Outcome.
+
+    ``begin`` runs right before the function (the claim): an answer from it is returned instead.
+    """
     started = time.perf_counter()
     capture = None
     try:
         args, kwargs = _prepare(fn, inv)
+        if begin is not None:
+            refusal = begin()
+            if refusal is not None:
+                return Outcome(*refusal)
         capture, token = logs.start(limits.log_max_bytes)
         try:
             value = functions.call(fn, args, kwargs)

@@ -26,9 +26,9 @@ from typing import Any
 
 import uvicorn
 
-from airflow_provider_knative import config
+from airflow_provider_knative import config, records
 from airflow_provider_knative.functions import FunctionInfo
-from airflow_provider_knative.runtime import invoke, isolation, loader, logs
+from airflow_provider_knative.runtime import claims, invoke, isolation, loader, logs
 from airflow_provider_knative.runtime.app import WORKLOAD_STOP_SECONDS, RuntimeApp, RuntimeState
 from airflow_provider_knative.runtime.forkserver import ForkServer
 from airflow_provider_knative.runtime.http import GuardedHttpToolsProtocol
@@ -259,18 +259,37 @@ def serve(dags_folder: str, host: str, port: int, tls: TLS | None = None) -> int
     state = RuntimeState()
     pool = Workers(workers, name="knative-invoke")
     forks = ForkServer(dags_folder, workloads=workloads) if mode == "process" or workloads else None
+    book = claims.open_records(records.INVOCATIONS)
+    ended: list[Any] = []  # the app, once it exists: told when a call ends by cancel or drain
+    leases = (
+        claims.Leases(book, lambda *args: ended[0].call_ended(*args) if ended else None)
+        if book is not None
+        else None
+    )
+    if book is None:
+        log.warning(
+            "no store for the record of calls ([knative] xcom_store_url is not set): this runtime "
+            "remembers calls in its own memory only, so at-most-once, re-attach and replay protection "
+            "hold for ONE replica. A Knative Service with several pods needs the store"
+        )
+    else:
+        log.info("the record of every call is kept in %s (lease %g s)", book.where, book.lease_seconds)
     if mode == "process":
         assert forks is not None
-        runner = isolation.ProcessRunner(forks, limits)
-        app = RuntimeApp(state, limits, pool, runner, on_expire=runner.kill_all)
+        runner = isolation.ProcessRunner(forks, limits, leases)
+        app = RuntimeApp(state, limits, pool, runner, on_expire=runner.kill_all, records_=book, leases=leases)
     else:
-        app = RuntimeApp(state, limits, pool, isolation.run_in_thread(limits))
+        app = RuntimeApp(
+            state, limits, pool, isolation.run_in_thread(limits, leases), records_=book, leases=leases
+        )
+    ended.append(app)
     if workloads:
         assert forks is not None
         app.workloads = WorkloadRuns(
             forks,
             capacity=config.get("container_concurrency"),
             request_timeout=float(config.get("request_timeout_seconds")),
+            records_=claims.open_records(records.DELIVERIES),
         )
     load: tuple[Any, ...] = (_boot, (dags_folder, state, t0, forks, mode != "process"))
 
@@ -311,9 +330,11 @@ def serve(dags_folder: str, host: str, port: int, tls: TLS | None = None) -> int
         if forks is not None:
             forks.close()
     pool.shutdown()
-    if app.in_flight or forks_failed:
+    if app.in_flight or app.outlived or forks_failed:
         log.error(
-            "drain timeout (%s s) passed with %d call(s) still running; exiting 1", drain, app.in_flight
+            "drain timeout (%s s) passed with %d call(s) still running; exiting 1",
+            drain,
+            max(app.in_flight, app.outlived),
         )
         sys.stdout.flush()
         sys.stderr.flush()
