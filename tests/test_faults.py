@@ -254,11 +254,12 @@ def test_a_slow_request_head_is_cut_off(runtime: RuntimeProcess) -> None:
 
     with socket.create_connection(("127.0.0.1", runtime.port)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        sock.settimeout(HEADER_TIMEOUT_SECONDS + 5)
+        sock.settimeout(HEADER_TIMEOUT_SECONDS * 3)
         started = time.monotonic()
         answer = sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 408")
-        assert time.monotonic() - started <= HEADER_TIMEOUT_SECONDS + 2
+        # cut by the head timeout (with a loaded machine's slack), not by the later body timeout
+        assert time.monotonic() - started < HEADER_TIMEOUT_SECONDS * 2
         assert sock.recv(4096) == b""  # closed
 
 
