@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, cast
 
 import attr
@@ -81,17 +81,49 @@ def _remote_context(context: Mapping[str, Any], dag_id: str, task_id: str) -> di
     }
 
 
-def _check_context_parameters(fn: Callable[..., Any], op_kwargs: Mapping[str, Any]) -> None:
-    """Refuse, at parse time, a context parameter the function could never receive remotely."""
+def _check_context_parameters(fn: Callable[..., Any], supplied: Collection[str]) -> None:
+    """Refuse, at parse time, a context parameter the function could never receive remotely.
+
+    ``supplied``: the argument names the DAG passes, which a context value never overrides.
+    """
     allowed = functions.CONTEXT_PARAMETERS
-    for name in inspect.signature(fn).parameters:
-        if name in KNOWN_CONTEXT_KEYS and name not in allowed and name not in op_kwargs:
+    for name, param in inspect.signature(fn).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue  # **kwargs gets what crosses; a lookup of the rest fails saying so
+        if name in KNOWN_CONTEXT_KEYS and name not in allowed and name not in supplied:
             raise ValueError(
                 f"{fn.__name__}() takes the Airflow context value {name!r}, but a @task.knative "
-                f"function runs inside a Knative Service, outside Airflow: it can receive only "
-                f"{', '.join(allowed)} from the context. Compute {name!r} in an "
-                f"upstream task and pass it as an argument, or rename the parameter."
+                f"function runs inside a Knative Service, outside Airflow, and the context object "
+                f"stays in Airflow: it can receive only {', '.join(allowed)} from the context. "
+                f"Compute {name!r} in an upstream task and pass it as an argument, or rename the "
+                f"parameter."
             )
+
+
+def _mapped_argument_names(expand_input: Any) -> Collection[str] | None:
+    """The argument names ``.expand()``/``.expand_kwargs()`` gives every mapped task, or None
+    when they are known only at run time (``.expand_kwargs()`` of an upstream result)."""
+    value = expand_input.value
+    if isinstance(value, Mapping):  # .expand(name=...)
+        return set(value)
+    if isinstance(value, Sequence) and value and all(isinstance(item, Mapping) for item in value):
+        return set.intersection(*(set(item) for item in value))  # .expand_kwargs([{...}, ...])
+    return None
+
+
+@attr.define(slots=False)
+class _KnativeTaskDecorator(KnativeTaskDecorator):
+    """``@task.knative``'s decorator: ``.expand()`` refuses a context parameter at parse time too.
+
+    Airflow builds a mapped task's operator only when each mapped task runs, so the check the
+    operator makes for a plain task would otherwise fail every mapped task instead of the DAG.
+    """
+
+    def _expand(self, expand_input: Any, *, strict: bool) -> Any:
+        mapped = _mapped_argument_names(expand_input)
+        if mapped is not None:
+            _check_context_parameters(self.function, {*(self.kwargs.get("op_kwargs") or {}), *mapped})
+        return super()._expand(expand_input, strict=strict)
 
 
 class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
@@ -276,7 +308,7 @@ def knative_task(
     multiple = cast("bool", attr.NOTHING) if multiple_outputs is None else multiple_outputs
 
     def decorate(fn: Callable[..., Any]) -> Any:
-        return KnativeTaskDecorator(
+        return _KnativeTaskDecorator(
             function=fn,
             multiple_outputs=multiple,
             operator_class=_KnativeDecoratedOperator,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import airflow
 import httpx
 import pytest
 from servers import free_port
@@ -40,6 +41,7 @@ pytest_plugins = ["e2e_stack"]
 pytestmark = pytest.mark.e2e
 
 DAGS = Path(__file__).resolve().parent / "executor_dags"
+AIRFLOW_EXAMPLES = Path(airflow.__file__).parent / "example_dags"
 SECRET = "executor-e2e-secret"
 NEVER_DEADLINE = 6
 DRAIN = 20
@@ -188,6 +190,8 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
         shutil.copy(path, dags / path.name)
         if path.name != "exec_missing.py":
             shutil.copy(path, image / path.name)
+    for folder in (dags, image):  # one of Airflow's own examples, unmodified
+        shutil.copy(AIRFLOW_EXAMPLES / "example_inlet_event_extra.py", folder)
     markers = state / "markers"
     markers.mkdir()
     stack = LocalStack(
@@ -203,6 +207,8 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
             "AIRFLOW__KNATIVE__SIGNING_SECRET": SECRET,
             "AIRFLOW__KNATIVE__EXECUTOR_HEARTBEAT_GRACE_SECONDS": "15",
             "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "10",
+            # a DAG file added while the deployment runs is seen within seconds
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
@@ -216,6 +222,7 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
             "exec_replay",
             "exec_deadline",
             "exec_narrow",
+            "read_asset_event",
         ),
     )
     short_port = free_port()
@@ -304,7 +311,10 @@ def test_unmodified_dags_run_on_the_executor(ex: ExecStack, runs: dict[str, Any]
     assert ex.xcom("exec_values", run_id, "stats", key="high") == 49
     assert ex.xcom("exec_values", run_id, "python_op") == {"from": "PythonOperator", "upstream": [0, 1, 2]}
     assert ex.xcom("exec_values", run_id, "bash_op") == "bash-says-40425"
-    assert ex.xcom("exec_values", run_id, "frame_sum") == sum(i / 2 for i in range(200_000))
+    # a bare float with an integral value is stored packed (SQLite would hand out an int), and
+    # the REST API shows its value
+    frame_sum = ex.xcom("exec_values", run_id, "frame_sum")
+    assert frame_sum["__data__"] == repr(sum(i / 2 for i in range(200_000))) and "packed" in frame_sum
     spilled = ex.xcom("exec_values", run_id, "frame")
     assert f"s3://{ex.bucket}/xcom/exec_values/" in json.dumps(spilled)  # the DataFrame went by reference
     # every task ran in the runtime, but the one that asked for LocalExecutor
@@ -443,6 +453,54 @@ def test_a_task_marked_failed_or_cleared_is_stopped_in_the_runtime(ex: ExecStack
     assert time.monotonic() - stopped < 90
     assert _lines(failed_marker) == ["start 1"]  # stopped: never reached its end
     assert _lines(cleared_marker) == ["start 1", "start 2", "end 2"]
+
+
+def test_airflows_read_asset_event_example_runs_on_the_executor(ex: ExecStack) -> None:
+    """Airflow's ``example_inlet_event_extra.py``, unmodified, on the KnativeExecutor.
+
+    Its asset ``Asset("s3://output/1.txt")`` shares its URI with ``test-asset`` of Airflow's
+    ``example_outlet_event_extra.py``. Airflow keeps one active asset per URI: the one whose DAG
+    file the dag-processor wrote first; a task with the other in its inlets or outlets fails with
+    ``AirflowInactiveAssetInInletOrOutletException`` on every executor, LocalExecutor included.
+    With all of Airflow's examples loaded, which file is written first depends on the
+    dag-processor's parse order, so ``read_asset_event`` fails in some deployments and not in
+    others. Here the order is fixed: the reader's file is in the deployment from the start, the
+    producers' file arrives afterwards, and each side behaves as Airflow's rule says.
+    """
+    for folder in (ex.stack.dags_folder, ex.stack.runtime_dags_folder):
+        shutil.copy(AIRFLOW_EXAMPLES / "example_outlet_event_extra.py", folder)
+    _wait_until(
+        lambda: ex.client.dag_exists("asset_with_extra_by_yield", ex.token),
+        timeout=120,
+        what="the producers' DAG file to be parsed",
+    )
+    assets = ex.client.api("GET", "/assets", ex.token, params={"uri_pattern": "s3://output/1.txt"}).json()
+    (asset,) = [a for a in assets["assets"] if a["name"] == "s3://output/1.txt"]
+    for i in range(3):  # the example prints the extra of every event but the last two
+        response = ex.client.api(
+            "POST", "/assets/events", ex.token, json={"asset_id": asset["id"], "extra": {"hi": f"bye-{i}"}}
+        )
+        assert response.status_code == 200, response.text
+    runs = {
+        dag_id: ex.trigger(dag_id)
+        for dag_id in ("read_asset_event", "read_asset_event_from_classic", "asset_with_extra_by_yield")
+    }
+    assert ex.wait("read_asset_event", runs["read_asset_event"]) == "success"
+    assert "bye-0" in ex.log_with("bye-0", "read_asset_event", runs["read_asset_event"], "read_asset_event")
+    classic = runs["read_asset_event_from_classic"]
+    assert ex.wait("read_asset_event_from_classic", classic) == "success"
+    text = ex.log_with("bye-2", "read_asset_event_from_classic", classic, "read_asset_event_from_classic")
+    assert '\\"hi\\": \\"bye-2\\"' in text, text[-3000:]  # the last event's extra, as JSON in the log
+    # the producer's outlet is the asset Airflow did not activate: the mirror image of the failure
+    producer = runs["asset_with_extra_by_yield"]
+    assert ex.wait("asset_with_extra_by_yield", producer) == "failed"
+    text = ex.log_with("inactive assets", "asset_with_extra_by_yield", producer, "asset_with_extra_by_yield")
+    assert "AirflowInactiveAssetInInletOrOutletException" in text
+    assert "Asset(name='test-asset', uri='s3://output/1.txt')" in text
+    runtime_log = ex.runtime_log()
+    for dag_id, run_id in runs.items():
+        (ti,) = ex.tis(dag_id, run_id)
+        assert f"task instance {ti['id']} " in runtime_log, (dag_id, ti)
 
 
 # ------------------------------------------------------------------ faults of the deployment

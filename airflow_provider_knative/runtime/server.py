@@ -60,7 +60,12 @@ class _Server(uvicorn.Server):
     """uvicorn.Server that marks the runtime as draining and exits 0 after a graceful stop.
 
     uvicorn >= 0.29 re-raises the captured SIGTERM after shutdown, which would end the
-    process with -15 even after a clean drain; Knative and our tests expect exit 0.
+    process with -15 even after a clean drain; Knative and our tests expect exit 0. For the same
+    reason the signal handlers are not given back when the server stops: a SIGTERM that arrives
+    while the process finishes its exit (stopping workloads, the fork server, the workers) would
+    otherwise kill it with -15 instead of the exit code the drain decided (0, or 1 when calls
+    outlived it). From the first SIGTERM on, the process is on its way out; later ones change
+    nothing (SIGKILL still ends it at once).
     """
 
     def __init__(self, config_: uvicorn.Config, app: RuntimeApp, drain: float, on_started: Any) -> None:
@@ -76,12 +81,13 @@ class _Server(uvicorn.Server):
             yield
             return
         handled = (signal.SIGINT, signal.SIGTERM)
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        for sig in handled:
+            signal.signal(sig, self.handle_exit)
         try:
             yield
         finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
+            for sig in handled:  # ignored, not logged: a handler could interrupt a write to stderr
+                signal.signal(sig, signal.SIG_IGN)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.state.draining:
