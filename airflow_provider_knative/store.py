@@ -52,6 +52,7 @@ __all__ = [
     "open_store",
     "record_folder",
     "record_key",
+    "record_of",
     "task_key",
     "task_prefix",
 ]
@@ -409,6 +410,14 @@ def record_folder(kind: str, name: str) -> str:
     """The folder (ending in ``/``) of the record of call ``name`` (see :func:`record_key`)."""
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{RECORDS_FOLDER}/{safe_segment(kind)}/{digest[:2]}/{digest}/"
+
+
+def record_of(key: str) -> str | None:
+    """The record folder a key belongs to (see :func:`record_key`), or None for other objects."""
+    parts = key.split("/")
+    if len(parts) >= 5 and parts[0] == RECORDS_FOLDER:
+        return "/".join(parts[:4]) + "/"
+    return None
 
 
 # --------------------------------------------------------------------------------------

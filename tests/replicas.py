@@ -58,6 +58,9 @@ class Balancer:
         self.cuts = 0
         #: (request line, replica port) of every request relayed, in order
         self.routed: list[tuple[bytes, int]] = []
+        #: the bodies of the requests whose head ``keep`` accepts (to send them again)
+        self.keep: Callable[[bytes], bool] = lambda head: False
+        self.kept: list[bytes] = []
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._stop = threading.Event()
@@ -89,6 +92,8 @@ class Balancer:
             with self._lock:
                 port = self.rng.choice(self.ports())
                 self.routed.append((head.split(b"\r\n", 1)[0], port))
+                if self.keep(head):
+                    self.kept.append(body)
                 action = self.cut(head)
                 if action is not None:
                     self.cuts += 1
@@ -134,10 +139,13 @@ class Balancer:
                 if action == "answer":
                     client.sendall(head + b"\r\n\r\n" + rest[: max(1, len(rest) // 2)])
                     break
-                if isinstance(action, tuple) and action[0] == "lines" and rest.count(b"\n") >= action[1]:
-                    keep = b"\n".join(rest.split(b"\n")[: action[1]]) + b"\n"
-                    client.sendall(head + b"\r\n\r\n" + keep)
-                    break
+                if isinstance(action, tuple) and action[0] == "lines":
+                    # an event stream is chunked: each line ends its chunk with "\n\r\n"
+                    end = b"\n\r\n" if b"chunked" in head.lower() else b"\n"
+                    if rest.count(end) >= action[1]:
+                        keep = end.join(rest.split(end)[: action[1]]) + end
+                        client.sendall(head + b"\r\n\r\n" + keep)
+                        break
         except OSError:
             pass
         finally:

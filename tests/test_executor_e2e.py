@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,6 +31,7 @@ from typing import Any
 import airflow
 import httpx
 import pytest
+from replicas import Balancer
 from servers import free_port
 from tcp_proxy import TcpProxy
 
@@ -84,6 +86,8 @@ class ExecStack:
     bucket: str
     s3_endpoint: str
     markers: Path
+    balancer: Balancer
+    replica_ports: list[int]
 
     # ------------------------------------------------------------------ REST helpers
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
@@ -233,6 +237,9 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
     never.bind(("127.0.0.1", 0))
     cold = RelayProxy(stack.runtime_port, cold_seconds=10)
     recorder = RelayProxy(stack.runtime_port)
+    # a Service with three replicas behind a balancer with no affinity (tests/replicas.py)
+    replica_ports = [free_port() for _ in range(3)]
+    balancer = Balancer(lambda: replica_ports, seed=21)
     stack.env.update(
         {
             "AIRFLOW_CONN_KNATIVE_COLD": json.dumps({"conn_type": "knative", "host": cold.url}),
@@ -243,6 +250,7 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
             "AIRFLOW_CONN_KNATIVE_NARROW": json.dumps(
                 {"conn_type": "knative", "host": f"http://127.0.0.1:{narrow_port}"}
             ),
+            "AIRFLOW_CONN_KNATIVE_REPLICAS": json.dumps({"conn_type": "knative", "host": balancer.url}),
             "AIRFLOW_CONN_KNATIVE_NEVER": json.dumps(
                 {
                     "conn_type": "knative",
@@ -257,7 +265,9 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
     stack.start_runtime("runtime-short", short_port, {"AIRFLOW__KNATIVE__REQUEST_TIMEOUT_SECONDS": "35"})
     # a third whose pod runs one task at a time
     stack.start_runtime("runtime-narrow", narrow_port, {"AIRFLOW__KNATIVE__CONTAINER_CONCURRENCY": "1"})
-    for port in (short_port, narrow_port):
+    for i, port in enumerate(replica_ports):
+        stack.start_runtime(f"replica-{i}", port, {"AIRFLOW__KNATIVE__RECORD_LEASE_SECONDS": "10"})
+    for port in (short_port, narrow_port, *replica_ports):
         _wait_until(
             lambda p=port: StackClient(f"http://127.0.0.1:{p}").ready("/readyz"), what=f"runtime :{port}"
         )
@@ -272,10 +282,13 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
             bucket,
             moto_server,
             markers,
+            balancer,
+            replica_ports,
         )
     finally:
         client.close()
         stack.stop()
+        balancer.close()
         cold.close()
         recorder.close()
         never.close()
@@ -407,12 +420,13 @@ def test_a_replayed_workload_request_runs_the_task_at_most_once(ex: ExecStack, r
     # 2. signed afresh, same delivery: the runtime joins the finished run and says how it ended
     again = post(body, protocol.sign(SECRET.encode(), body, path=protocol.WORKLOADS_PATH))
     assert again.status_code == 200 and '"exit"' in again.text
-    # 3. a new delivery of the same workload: Airflow refuses to run a task that already ran
+    # 3. a new delivery of the same workload: Airflow refuses to run a task that already ran, and
+    # the supervisor that lost that race says "elsewhere", never that the task finished
     request = protocol.WorkloadRequest.decode(body)
     request.delivery = str(uuid.uuid4())
     fresh = request.encode()
     third = post(fresh, protocol.sign(SECRET.encode(), fresh, path=protocol.WORKLOADS_PATH))
-    assert third.status_code == 200 and '"exit"' in third.text
+    assert third.status_code == 200 and '"elsewhere"' in third.text and '"exit"' not in third.text
     assert _lines(marker) == ["ran"]
     assert ex.ti("exec_replay", run_id, "once")["state"] == "success"
 
@@ -501,6 +515,55 @@ def test_airflows_read_asset_event_example_runs_on_the_executor(ex: ExecStack) -
     for dag_id, run_id in runs.items():
         (ti,) = ex.tis(dag_id, run_id)
         assert f"task instance {ti['id']} " in runtime_log, (dag_id, ti)
+
+
+def test_deliveries_cut_and_resent_across_replicas_run_every_task_once(ex: ExecStack) -> None:
+    """50 tasks on a Service of three replicas behind a balancer with no affinity: some event
+    streams are cut after the task started, some requests are cut after delivery, and some
+    deliveries are sent again (signed afresh) to a replica picked at random. Every task body runs
+    once, and no task that ran fine is failed."""
+    rng = random.Random(8)
+    captured: list[bytes] = []
+    real_cut = ex.balancer.cut
+
+    def cut(head: bytes) -> Any:
+        if not head.startswith(b"POST /workloads"):
+            return None
+        roll = rng.random()
+        return ("lines", 1) if roll < 0.3 else "request" if roll < 0.45 else None
+
+    ex.balancer.cut = cut
+    ex.balancer.keep = lambda head: head.startswith(b"POST /workloads")
+    marker = ex.marker("replicas")
+    try:
+        run_id = ex.trigger("exec_replicas", {"path": str(marker)})
+        _wait_until(lambda: len(_lines(marker)) >= 10, what="tasks to start on the replicas")
+        captured = list(ex.balancer.kept)
+        resent = []
+        for body in rng.sample(captured, min(10, len(captured))):
+            port = rng.choice(ex.replica_ports)
+            headers = {"Content-Type": protocol.CONTENT_TYPE}
+            headers.update(protocol.sign(SECRET.encode(), body, path=protocol.WORKLOADS_PATH))
+            with httpx.stream(
+                "POST",
+                f"http://127.0.0.1:{port}{protocol.WORKLOADS_PATH}",
+                content=body,
+                headers=headers,
+                timeout=60,
+            ) as response:
+                first = next(response.iter_lines(), "")
+            resent.append((response.status_code, first))
+        assert ex.wait("exec_replicas", run_id, timeout=300) == "success", ex.tis("exec_replicas", run_id)
+    finally:
+        ex.balancer.cut = real_cut
+    bodies = [ti for ti in ex.tis("exec_replicas", run_id) if ti["task_id"] == "body"]
+    assert len(bodies) == 50 and all(ti["state"] == "success" and ti["try_number"] == 1 for ti in bodies)
+    assert sorted(int(line) for line in _lines(marker)) == list(range(50))  # each body ran once
+    assert ex.xcom("exec_replicas", run_id, "total") == sum(3 * i for i in range(50))
+    assert ex.balancer.cuts >= 10
+    # a resent delivery is joined (its own replica) or answered from the record ("elsewhere")
+    for status, first in resent:
+        assert status == 200 and json.loads(first)["event"] in ("accepted", "elsewhere", "exit"), resent
 
 
 # ------------------------------------------------------------------ faults of the deployment
