@@ -89,7 +89,9 @@ async def _throughput(rt: RuntimeProcess, source_hash: str, calls: int, concurre
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--concurrency", type=int, default=8)
@@ -111,13 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         configs = {
             "thread, memory": {"AIRFLOW__KNATIVE__ISOLATION": "thread"},
             "process, memory": {"AIRFLOW__KNATIVE__ISOLATION": "process"},
-            "process, file://": {"AIRFLOW__KNATIVE__ISOLATION": "process", "AIRFLOW__KNATIVE__XCOM_STORE_URL": file_store},
+            "process, file://": {
+                "AIRFLOW__KNATIVE__ISOLATION": "process",
+                "AIRFLOW__KNATIVE__XCOM_STORE_URL": file_store,
+            },
             "process, s3://": {
                 "AIRFLOW__KNATIVE__ISOLATION": "process",
                 "AIRFLOW__KNATIVE__XCOM_STORE_URL": "s3://records/bench",
                 "AIRFLOW__KNATIVE__S3_ENDPOINT_URL": moto,
             },
-            "thread, file://": {"AIRFLOW__KNATIVE__ISOLATION": "thread", "AIRFLOW__KNATIVE__XCOM_STORE_URL": file_store},
+            "thread, file://": {
+                "AIRFLOW__KNATIVE__ISOLATION": "thread",
+                "AIRFLOW__KNATIVE__XCOM_STORE_URL": file_store,
+            },
         }
         runtimes = {
             name: stack.enter_context(start_runtime(DAGS, env={**common, **env}, timeout=120))
