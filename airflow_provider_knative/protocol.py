@@ -323,6 +323,10 @@ class Result:
     replica: str = ""
     #: with ``not_started``: the attempt number to send the call again with
     next_attempt: int = 0
+    #: where the time went in the pod, in seconds (and bytes): ``queued`` (waiting for a worker),
+    #: ``fetch``/``fetched_bytes`` (arguments passed by reference), ``call`` (the function),
+    #: ``spill``/``spilled_bytes`` (encoding the result, and writing it to the store when large)
+    timings: dict[str, float] = field(default_factory=dict)
     version: int = PROTOCOL_VERSION
 
     @property
@@ -340,6 +344,7 @@ class Result:
             "duration": self.duration_seconds,
             "replica": self.replica,
             "next_attempt": self.next_attempt,
+            "timings": self.timings,
         }
 
     def encode(self) -> bytes:
@@ -361,8 +366,17 @@ class Result:
             duration_seconds=float(data.get("duration", 0.0)),
             replica=str(data.get("replica", "")),
             next_attempt=int(data.get("next_attempt", 0) or 0),
+            timings=_timings(data.get("timings")),
             version=int(data.get("v", PROTOCOL_VERSION)),
         )
+
+
+def _timings(data: Any) -> dict[str, float]:
+    if not isinstance(data, dict):
+        return {}
+    return {
+        str(k): float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def _require(condition: bool, what: str) -> None:

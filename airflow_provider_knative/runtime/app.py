@@ -295,7 +295,8 @@ class RuntimeApp:
             return
         admitted = await self._admit(scope, receive, send)
         if admitted is not None:
-            await self._respond(send, await self._run(*admitted, attempt=attempt, path=_signed_path(scope)))
+            outcome = await self._run(*admitted, attempt=attempt, path=_signed_path(scope))
+            await self._respond(send, outcome)
 
     # ------------------------------------------------------------------ POST /workloads
 
@@ -443,7 +444,7 @@ class RuntimeApp:
         self, body: bytearray, headers: dict[str, str], attempt: int = 1, path: str = protocol.INVOKE_PATH
     ) -> invoke.Outcome:
         slot: dict[str, str] = {}
-        future = self.pool.submit(self._handle, body, headers, attempt, slot, path)
+        future = self.pool.submit(self._handle, body, headers, attempt, slot, path, time.time())
         self._waiting.add(future)
         try:
             outcome = await future
@@ -464,7 +465,13 @@ class RuntimeApp:
         return outcome
 
     def _handle(
-        self, body: bytearray, headers: dict[str, str], attempt: int, slot: dict[str, str], path: str
+        self,
+        body: bytearray,
+        headers: dict[str, str],
+        attempt: int,
+        slot: dict[str, str],
+        path: str,
+        arrived: float,
     ) -> invoke.Outcome:
         """Worker-thread side; counts itself so shutdown knows whether calls are still running."""
         with self._lock:
@@ -482,6 +489,7 @@ class RuntimeApp:
                 attempt=attempt,
                 slot=slot,
                 path=path,
+                arrived=arrived,
             )
         finally:
             with self._lock:

@@ -30,10 +30,10 @@ import re
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from airflow_provider_knative import aws, codec, functions, protocol, records
+from airflow_provider_knative import aws, codec, functions, protocol, records, spill
 from airflow_provider_knative.errors import (
     ArgumentMismatch,
     KnativeError,
@@ -61,6 +61,53 @@ class Limits:
     log_max_bytes: int
     signing_secret: bytes | None
     signature_max_age_seconds: float
+    #: this runtime, as answers name it (``claims.replica_name()``)
+    replica: str = ""
+
+
+@dataclass
+class Phases:
+    """Where a call's time went on this replica, and the bytes it moved.
+
+    Wall-clock seconds (``time.time()``: a forked child and the server read the same clock),
+    so the spans of a trace can be made after the fact in the server, from what a child
+    measured. The timing line in the task log, the trace spans and the metrics all come from it.
+    """
+
+    arrived: float = 0.0  # the server had the whole request
+    started: float = 0.0  # a worker (a thread, or a forked process) began on it
+    fetch: tuple[float, float] = (0.0, 0.0)  # arguments passed by reference
+    fetched_bytes: int = 0
+    call: tuple[float, float] = (0.0, 0.0)  # the function itself
+    spill: tuple[float, float] = (0.0, 0.0)  # encoding the result, spilling it when large
+    spilled_bytes: int = 0
+
+    def timings(self) -> dict[str, float]:
+        """Durations for ``protocol.Result.timings``."""
+        return {
+            "queued": max(0.0, self.started - self.arrived) if self.arrived else 0.0,
+            "fetch": self.fetch[1] - self.fetch[0],
+            "fetched_bytes": self.fetched_bytes,
+            "call": self.call[1] - self.call[0],
+            "spill": self.spill[1] - self.spill[0],
+            "spilled_bytes": self.spilled_bytes,
+        }
+
+    def to_wire(self) -> list[Any]:
+        return [
+            self.arrived,
+            self.started,
+            *self.fetch,
+            self.fetched_bytes,
+            *self.call,
+            *self.spill,
+            self.spilled_bytes,
+        ]
+
+    @classmethod
+    def from_wire(cls, data: list[Any]) -> Phases:
+        arrived, started, f0, f1, fb, c0, c1, s0, s1, sb = data
+        return cls(arrived, started, (f0, f1), fb, (c0, c1), (s0, s1), sb)
 
 
 @dataclass
@@ -78,6 +125,8 @@ class Outcome:
     error: str = ""
     pending: Entry[Outcome] | None = None
     follow: tuple[str, int] | None = None
+    #: where the time went, when the function ran here
+    phases: Phases | None = None
 
     @classmethod
     def of(cls, finished: records.Finished) -> Outcome:
@@ -95,14 +144,17 @@ class Rejected(KnativeError):
         self.message = message
 
 
-def error_outcome(status: int, type_: str, message: str, tb: str = "", capture: Any = None) -> Outcome:
+def error_outcome(
+    status: int, type_: str, message: str, tb: str = "", capture: Any = None, phases: Phases | None = None
+) -> Outcome:
     result = protocol.Result(
         status="error",
         error=protocol.RemoteError(type=type_, message=message, traceback=tb),
         logs=capture.text() if capture is not None else "",
         logs_truncated=bool(capture is not None and capture.truncated),
+        timings=phases.timings() if phases is not None else {},
     )
-    return Outcome(status, result.encode(), f"{type_}: {message}")
+    return Outcome(status, result.encode(), f"{type_}: {message}", phases=phases)
 
 
 def running_outcome() -> Outcome:
@@ -227,8 +279,10 @@ def _user_traceback(exc: BaseException) -> str:
 
 
 #: how a call is run once admitted (see ``isolation``): the Claimer, when the runtime keeps
-#: records, is called right before the function starts
-Runner = Callable[[FunctionInfo, protocol.Invocation, bytes | bytearray, "claims.Claimer | None"], "Outcome"]
+#: records, is called right before the function starts; the float is when the request arrived
+Runner = Callable[
+    [FunctionInfo, protocol.Invocation, bytes | bytearray, "claims.Claimer | None", float], "Outcome"
+]
 
 
 def ledger_key(call: str, attempt: int) -> str:
@@ -248,6 +302,7 @@ def handle(
     attempt: int = 1,
     slot: dict[str, str] | None = None,
     path: str = protocol.INVOKE_PATH,
+    arrived: float = 0.0,
 ) -> Outcome:
     """Answer one invocation. Runs in a worker thread; never raises.
 
@@ -267,7 +322,7 @@ def handle(
     # a signed request without an id is recorded by its signature: a replay is refused everywhere
     call = inv.invocation_id or (f"signed:{signature}" if signature and records_ is not None else "")
     if ledger is None or not call:
-        return run(fn, inv, body, None)
+        return run(fn, inv, body, None, arrived)
     digest = claims.request_digest(body)
     key = ledger_key(call, attempt)
     if slot is not None:
@@ -285,9 +340,9 @@ def handle(
     claimer = claims.Claimer(call, attempt, digest, signature, records_) if records_ is not None else None
     outcome = Outcome(500, b"")
     try:
-        outcome = run(fn, inv, body, claimer)
+        outcome = run(fn, inv, body, claimer, arrived)
         if claimer is not None:
-            outcome = settle(claimer, outcome)
+            outcome = replace(settle(claimer, outcome), phases=outcome.phases)
     finally:
         if claimer is not None and not claimer.claimed and claimer.holder is None:
             # refused before its claim (the store was down, the attempt void, the arguments
@@ -329,36 +384,49 @@ def run(
     inv: protocol.Invocation,
     limits: Limits,
     begin: Callable[[], tuple[int, bytes, str] | None] | None = None,
+    arrived: float = 0.0,
 ) -> Outcome:
     """Prepare the arguments, call the function, encode the result; every failure an Outcome.
 
     ``begin`` runs right before the function (the claim): an answer from it is returned instead.
+    ``arrived`` is when the server had the request (for the time it waited for a worker).
     """
+    phases = Phases(arrived=arrived, started=time.time())
     started = time.perf_counter()
     capture = None
     try:
         args, kwargs = _prepare(fn, inv)
+        phases.fetch = (phases.started, time.time())
+        phases.fetched_bytes = spill.referenced_bytes((inv.args, inv.kwargs))
         if begin is not None:
             refusal = begin()
             if refusal is not None:
                 return Outcome(*refusal)
         capture, token = logs.start(limits.log_max_bytes)
+        call_start = time.time()
         try:
             value = functions.call(fn, args, kwargs)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # SystemExit from sys.exit() in a task is a task failure too
-            return error_outcome(500, _type_name(exc), str(exc), _user_traceback(exc), capture)
+            phases.call = (call_start, time.time())
+            return error_outcome(500, _type_name(exc), str(exc), _user_traceback(exc), capture, phases)
         finally:
             logs.stop(token)
+        phases.call = (call_start, time.time())
+        encoded = _encode_result(value, inv)
+        phases.spill = (phases.call[1], time.time())
+        phases.spilled_bytes = spill.referenced_bytes(encoded) if encoded is not value else 0
         result = protocol.Result(
             status="ok",
-            value=_encode_result(value, inv),
+            value=encoded,
             logs=capture.text(),
             logs_truncated=capture.truncated,
             duration_seconds=time.perf_counter() - started,
+            timings=phases.timings(),
+            replica=limits.replica,
         )
-        return Outcome(200, result.encode())
+        return Outcome(200, result.encode(), phases=phases)
     except Rejected as exc:
         return error_outcome(exc.status, exc.type, exc.message, capture=capture)
     except Exception as exc:  # a bug in the runtime: report it, keep serving

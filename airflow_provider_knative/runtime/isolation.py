@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from airflow_provider_knative import protocol, records
@@ -36,11 +37,15 @@ def run_in_thread(limits: invoke.Limits, leases: Leases | None = None) -> invoke
     """Calls run right here, in the server's worker thread that admitted them."""
 
     def run(
-        fn: FunctionInfo, inv: protocol.Invocation, body: bytes | bytearray, claimer: Claimer | None
+        fn: FunctionInfo,
+        inv: protocol.Invocation,
+        body: bytes | bytearray,
+        claimer: Claimer | None,
+        arrived: float = 0.0,
     ) -> invoke.Outcome:
         assert isinstance(fn, Function), "thread isolation needs the imported function"
         if claimer is None:
-            return invoke.run(fn, inv, limits)
+            return invoke.run(fn, inv, limits, arrived=arrived)
 
         def begin() -> tuple[int, bytes, str] | None:
             refusal = claimer()
@@ -49,7 +54,7 @@ def run_in_thread(limits: invoke.Limits, leases: Leases | None = None) -> invoke
             return refusal
 
         try:
-            return invoke.run(fn, inv, limits, begin)
+            return invoke.run(fn, inv, limits, begin, arrived)
         finally:
             if leases is not None and claimer.claimed:
                 leases.release(claimer.call, claimer.attempt)
@@ -71,9 +76,19 @@ class ProcessRunner:
         self.leases = leases
 
     def __call__(
-        self, fn: FunctionInfo, inv: protocol.Invocation, body: bytes | bytearray, claimer: Claimer | None
+        self,
+        fn: FunctionInfo,
+        inv: protocol.Invocation,
+        body: bytes | bytearray,
+        claimer: Claimer | None,
+        arrived: float = 0.0,
     ) -> invoke.Outcome:
-        payload: dict[str, Any] = {"body": bytes(body), "log_max_bytes": self.limits.log_max_bytes}
+        payload: dict[str, Any] = {
+            "body": bytes(body),
+            "log_max_bytes": self.limits.log_max_bytes,
+            "arrived": arrived,
+            "replica": self.limits.replica,
+        }
         if claimer is not None:
             payload["claim"] = claimer.to_wire()
         job = self.forks.submit("invoke", payload)
@@ -89,8 +104,10 @@ class ProcessRunner:
                     assert claimer is not None
                     claimer.holder = records.Claim.decode(message[1])
                 else:
-                    _, status, answer, error, recorded = message
-                    outcome = invoke.Outcome(status, answer, error)
+                    _, status, answer, error, recorded, phases = message
+                    outcome = invoke.Outcome(
+                        status, answer, error, phases=invoke.Phases.from_wire(phases) if phases else None
+                    )
                     if claimer is not None:
                         claimer.recorded = recorded
         finally:
@@ -136,6 +153,7 @@ def run_in_child(payload: dict[str, Any], emit: Callable[[Any], None]) -> None:
         log_max_bytes=payload["log_max_bytes"],
         signing_secret=None,
         signature_max_age_seconds=0.0,
+        replica=payload.get("replica", ""),
     )
     claimer = Claimer.from_wire(payload["claim"]) if payload.get("claim") else None
 
@@ -154,10 +172,13 @@ def run_in_child(payload: dict[str, Any], emit: Callable[[Any], None]) -> None:
     except Exception as exc:  # the server admitted it, so this is a mismatch between the two
         outcome = invoke.error_outcome(500, "RuntimeInternalError", f"{type(exc).__name__}: {exc}")
     else:
-        outcome = invoke.run(fn, inv, limits, begin if claimer is not None else None)
+        outcome = invoke.run(
+            fn, inv, limits, begin if claimer is not None else None, payload.get("arrived", 0.0)
+        )
     if claimer is not None and claimer.holder is not None:
         return  # another replica runs it: the server follows its record
     if claimer is not None:
         # recorded here, as soon as it exists: a pod killed now still leaves the outcome behind
-        outcome = invoke.settle(claimer, outcome)
-    emit(["outcome", outcome.status, outcome.body, outcome.error, bool(claimer and claimer.recorded)])
+        outcome = replace(invoke.settle(claimer, outcome), phases=outcome.phases)
+    phases = outcome.phases.to_wire() if outcome.phases is not None else None
+    emit(["outcome", outcome.status, outcome.body, outcome.error, bool(claimer and claimer.recorded), phases])

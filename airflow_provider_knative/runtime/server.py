@@ -257,6 +257,7 @@ def serve(dags_folder: str, host: str, port: int, tls: TLS | None = None) -> int
         log_max_bytes=config.get("log_max_bytes"),
         signing_secret=secret,
         signature_max_age_seconds=float(config.get("signature_max_age_seconds")),
+        replica=claims.replica_name(),
     )
     workers = config.get("container_concurrency") or UNLIMITED_WORKERS
     drain = float(config.get("drain_timeout_seconds"))
