@@ -311,7 +311,8 @@ def handle(
     is ``Outcome(pending=entry)`` and the caller waits for that entry's outcome. With
     ``records_``, the call is claimed in the store right before it starts; a claim held by
     another replica is answered ``Outcome(follow=...)`` (wait for its record), and the outcome
-    is recorded before it is answered. ``slot["key"]`` tells the caller the ledger key.
+    is recorded before it is answered. ``slot["key"]`` tells the caller the ledger key and
+    ``slot["function"]`` the function's id, once known.
     """
     try:
         signature = verify(body, headers, limits, guard, path=path)
@@ -319,6 +320,8 @@ def handle(
         fn = _lookup(inv, functions_)
     except Rejected as exc:
         return error_outcome(exc.status, exc.type, exc.message)
+    if slot is not None:
+        slot["function"] = fn.function_id  # a registered id: safe as a metric label
     # a signed request without an id is recorded by its signature: a replay is refused everywhere
     call = inv.invocation_id or (f"signed:{signature}" if signature and records_ is not None else "")
     if ledger is None or not call:

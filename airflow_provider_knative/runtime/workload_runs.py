@@ -30,7 +30,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -144,6 +144,8 @@ class WorkloadRuns:
         self._line: list[object] = []  # workloads waiting for a slot, first come first served
         self._slots_changed = asyncio.Event()
         self._claiming: dict[str, asyncio.Future[None]] = {}
+        #: told when a run this replica started has ended (the runtime's metrics)
+        self.on_ended: Callable[[Run], None] | None = None
 
     @property
     def active(self) -> int:
@@ -372,6 +374,8 @@ class WorkloadRuns:
         run.finished_at = time.monotonic()
         run.changed.set()
         self._slot_event()
+        if self.on_ended is not None:
+            self.on_ended(run)
         if run.claim is not None:
             asyncio.get_running_loop().run_in_executor(None, self._record, run, "")
         if self.remote_logs and run.log_relpath:
