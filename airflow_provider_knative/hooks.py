@@ -30,7 +30,7 @@ import urllib3
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from airflow_provider_knative import config
+from airflow_provider_knative import config, tracecontext
 from airflow_provider_knative.connection import (
     UI_FIELD_BEHAVIOUR,
     ServiceSettings,
@@ -217,6 +217,8 @@ class KnativeHook(BaseHook):
         self._connections: list[Any] = []
         #: the invocation in progress (``cancel`` asks the runtime to stop it)
         self._current: Request | None = None
+        #: sends retried so far because nothing started (cold start, 503 not started): for metrics
+        self.retries = 0
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -306,6 +308,7 @@ class KnativeHook(BaseHook):
     # Both loops only drive invoker.call_flow, which makes every decision; they differ in the
     # HTTP library and in how they wait.
 
+    @tracecontext.traced  # the task's trace context goes with the call (traceparent)
     def invoke(
         self,
         request: Request,
@@ -333,6 +336,7 @@ class KnativeHook(BaseHook):
                     return done.value
                 if isinstance(step, Wait):
                     self.log.info("%s", step.message)
+                    self.retries += step.retry
                     if self._cancelled.wait(step.seconds):
                         self._check_cancelled(request)
                     outcome = None
@@ -341,6 +345,7 @@ class KnativeHook(BaseHook):
         finally:
             self._current = None
 
+    @tracecontext.traced
     async def ainvoke(
         self,
         request: Request,
@@ -426,6 +431,7 @@ class KnativeHook(BaseHook):
                 return done.value
             if isinstance(step, Wait):
                 self.log.info("%s", step.message)
+                self.retries += step.retry
                 await asyncio.sleep(step.seconds)
                 outcome = None
             else:

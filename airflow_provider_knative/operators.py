@@ -21,7 +21,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_knative import aws, config, spill
+from airflow_provider_knative import aws, config, spill, tracecontext
 from airflow_provider_knative.errors import KnativeError, ResponseCheckFailed
 from airflow_provider_knative.hooks import KnativeHook
 from airflow_provider_knative.invoker import (
@@ -246,6 +246,7 @@ class KnativeOperator(BaseOperator):
                 invocation_id=request.invocation_id,
                 idempotent=self.idempotent,
                 headers=dict(request.headers_extra),
+                traceparent=tracecontext.current(),  # the triggerer calls under the task's span
             ),
             method_name="execute_complete",
             # the trigger enforces the real limits; this only stops a lost trigger from waiting forever
