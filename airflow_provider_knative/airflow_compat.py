@@ -51,3 +51,17 @@ class KnativeTaskDecorator(_TaskDecorator):
 
     def _expand(self, *args: Any, **kwargs: Any) -> Any:
         return use_mapped_class(super()._expand(*args, **kwargs), self.mapped_class)
+
+
+def stats() -> Any:
+    """Airflow's metrics client, as the scheduler configures it (``[metrics]``: StatsD, Datadog or
+    OpenTelemetry). 3.3 moved it to ``airflow.observability.stats`` (the module the scheduler and
+    ``BaseExecutor`` initialise); ``airflow.stats.Stats`` is the older home, a deprecated shim in 3.3.
+    Both offer ``incr(stat, count, rate, tags=...)``."""
+    try:
+        from airflow.observability import stats as current
+    except ImportError:  # Airflow < 3.3
+        from airflow.stats import Stats
+
+        return Stats
+    return current

@@ -196,10 +196,12 @@ class Send:
 
 @dataclass(frozen=True)
 class Wait:
-    """Flow step: wait this many seconds (``message`` says why, for the task log)."""
+    """Flow step: wait this many seconds (``message`` says why, for the task log); ``retry``:
+    before sending again what did not start (not a poll of a call that runs)."""
 
     seconds: float
     message: str
+    retry: bool = True
 
 
 Outcome = Response | TransportFailure | None
@@ -373,7 +375,9 @@ def call_flow(
         if step is _Next.UNKNOWN:
             raise _unknown_outcome(request, cause if asking else _reason(outcome))
         if step is _Next.POLL:
-            yield Wait(0.0, f"{request.url}: invocation {request.invocation_id} is still running")
+            yield Wait(
+                0.0, f"{request.url}: invocation {request.invocation_id} is still running", retry=False
+            )
         elif step is _Next.FOLLOW:
             ask(cause)  # it runs: follow it (from now on, an attempt nobody claimed is voided)
         elif step is _Next.SEND:
