@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from runtime_process import RuntimeProcess, start_runtime
+from workload_builder import execute_task
 
 from airflow_provider_knative import codec, protocol, store
 
@@ -172,31 +173,6 @@ def test_in_flight_waiting_and_records_held_while_calls_run(tmp_path: Path) -> N
         assert queued > 0  # the second call's wait for the slot is in the queued phase
 
 
-def _workload(dag_rel_path: str) -> str:
-    from airflow.executors import workloads
-    from airflow.executors.workloads import TaskInstanceDTO
-    from airflow.executors.workloads.base import BundleInfo
-
-    return workloads.ExecuteTask(
-        token="not-used",
-        dag_rel_path=dag_rel_path,
-        bundle_info=BundleInfo(name="dags-folder", version=None),
-        log_path=None,
-        ti=TaskInstanceDTO(
-            id=uuid.uuid4(),
-            task_id="t",
-            dag_id="d",
-            run_id="r",
-            try_number=1,
-            dag_version_id=uuid.uuid4(),
-            map_index=-1,
-            queue="default",
-            pool_slots=1,
-            priority_weight=1,
-        ),
-    ).model_dump_json()
-
-
 def test_workloads_by_outcome(airflow_home: Path) -> None:
     env = {**NO_SECRET, "AIRFLOW__KNATIVE__WORKLOADS": "true"}
     with start_runtime(BASIC, env=env) as rt:
@@ -210,7 +186,7 @@ def test_workloads_by_outcome(airflow_home: Path) -> None:
                 timeout=60,
             )
 
-        missing = send(_workload("no_such_dag_file.py"))
+        missing = send(execute_task("no_such_dag_file.py").model_dump_json())
         assert missing.status_code == 422 and b"DagFileMissing" in missing.content
         broken = send(json.dumps({"not": "a workload"}))  # the child cannot even read it: it dies
         assert broken.status_code == 422 and b"WorkerCrashed" in broken.content
