@@ -45,8 +45,9 @@ log = logging.getLogger("airflow_provider_knative.runtime")
 
 #: seconds between ``alive`` events on a workload stream
 ALIVE_SECONDS = 5.0
-#: seconds between uploads of a running task's log (when remote logging is configured)
-LOG_UPLOAD_SECONDS = 5.0
+#: seconds between uploads of a running task's log (when remote logging is configured): the UI
+#: shows a task's lines within about this long, as it does for a local worker's
+LOG_UPLOAD_SECONDS = 1.5
 #: a run is stopped this long before the Knative request timeout, so its answer still arrives
 TIMEOUT_MARGIN_SECONDS = 15.0
 #: how long a finished run is remembered (a resent delivery joins it instead of starting again)
