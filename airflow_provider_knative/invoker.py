@@ -180,12 +180,15 @@ class ClientTiming:
     started: float
     sent: float = 0.0
     ended: float = 0.0
+    #: requests sent up to the one that ran (refused connections, 503s, a restored call's probe)
     attempts: int = 0
+    _sends: int = 0
 
     def sending(self, request: Request, now: float) -> None:
-        if request.method != "GET":  # the call itself, not a status query
+        self._sends += 1
+        if request.method != "GET":  # the call itself, not a status query about it
             self.sent = now
-            self.attempts += 1
+            self.attempts = self._sends
 
     @property
     def waiting(self) -> float:
