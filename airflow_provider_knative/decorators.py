@@ -30,10 +30,9 @@ from airflow.sdk.exceptions import AirflowException
 from airflow_provider_knative import codec, config, functions, protocol, walk
 from airflow_provider_knative.airflow_compat import KnativeTaskDecorator
 from airflow_provider_knative.errors import KnativeError, RemoteFunctionError
-from airflow_provider_knative.invoker import Request, Response, read_result
+from airflow_provider_knative.invoker import Request, Response, read_result, timing_line
 from airflow_provider_knative.operators import KnativeOperator, airflow_errors
-
-REMOTE_LOG_END = "---- end of remote logs ----"
+from airflow_provider_knative.remote_output import REMOTE_LOG_END, RemoteOutput, opening
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +202,15 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
             headers_extra=self.request_headers(),
         )
 
+    def output_sink(self) -> RemoteOutput:
+        return RemoteOutput(self.log, self._where())
+
     def read_response(self, response: Response, url: str, context: Any) -> Any:
         try:
             result = read_result(response, url)
         except RemoteFunctionError as exc:
             self._emit_remote_logs(exc.result)  # type: ignore[arg-type]
+            self._log_timing(exc.result)  # type: ignore[arg-type]
             remote_type = getattr(getattr(exc.result, "error", None), "type", "")
             what = (
                 "the call did not complete"  # the pod went away under it, or it was cancelled
@@ -218,6 +221,7 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
                 f"{self.task_id}: {what} in {self._where()}: {exc}", remote_type
             ) from None
         self._emit_remote_logs(result)
+        self._log_timing(result)
         value = result.value
         if isinstance(value, codec.ObjectRef) and (self.multiple_outputs or self._mapped_over()):
             # Airflow needs the dict (one XCom per key) or the list (to count and index it for
@@ -229,6 +233,13 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
             value = fetch(value)
         return value
 
+    def _log_timing(self, result: protocol.Result) -> None:
+        """The one line that says where the call's time went (this side's and the pod's)."""
+        if self.client_timing:
+            self.log.info(
+                "%s", timing_line(self.client_timing, result.timings, result.replica, self._where())
+            )
+
     def _mapped_over(self) -> bool:
         """Whether a downstream task maps over this task's result."""
         return next(iter(self.iter_mapped_dependants()), None) is not None
@@ -237,15 +248,14 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
         return self.service or self.url or "the service"
 
     def _emit_remote_logs(self, result: protocol.Result) -> None:
-        """Re-emit what the function logged or printed, fenced so it is not mistaken for ours."""
+        """What the function logged or printed, when it did not stream while the call ran
+        (an answer without frames), fenced so it is not mistaken for ours."""
         if not result.logs:
             return
         cut = " (truncated: [knative] log_max_bytes)" if result.logs_truncated else ""
         self.log.info(
-            "---- remote logs (%s, %.2f s)%s ----\n%s\n%s",
-            self._where(),
-            result.duration_seconds,
-            cut,
+            "%s\n%s\n%s",
+            opening(self._where(), f", {result.duration_seconds:.2f} s{cut}"),
             result.logs.rstrip("\n"),
             REMOTE_LOG_END,
         )

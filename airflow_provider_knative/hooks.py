@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -30,7 +31,7 @@ import urllib3
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from airflow_provider_knative import config, tracecontext
+from airflow_provider_knative import config, protocol, tracecontext
 from airflow_provider_knative.connection import (
     UI_FIELD_BEHAVIOUR,
     ServiceSettings,
@@ -46,7 +47,9 @@ from airflow_provider_knative.errors import (
     TLSError,
 )
 from airflow_provider_knative.invoker import (
+    ClientTiming,
     FailureKind,
+    LogFollower,
     Outcome,
     Request,
     Response,
@@ -219,6 +222,8 @@ class KnativeHook(BaseHook):
         self._current: Request | None = None
         #: sends retried so far because nothing started (cold start, 503 not started): for metrics
         self.retries = 0
+        #: where the last call's time went, on this side (``invoke``/``ainvoke`` set it)
+        self.timing = ClientTiming(0.0)
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -316,15 +321,20 @@ class KnativeHook(BaseHook):
         *,
         idempotent: bool = False,
         probe_first: bool = False,
+        on_log: Callable[[str], None] | None = None,
     ) -> Response:
         """Send ``request`` and return the final answer (see ``invoker.call_flow`` for retries).
 
+        ``on_log`` receives the call's output while it runs, each piece once, also across a
+        broken stream (the runtime's frames). ``self.timing`` says where the time went.
         Raises InvocationError subclasses: ServiceUnavailableError past the startup deadline,
         InvocationTimeout, OutcomeUnknownError, InvocationCancelled after ``cancel()``.
         """
         settings = self.settings
         timeouts = timeouts or settings.timeouts
         flow = call_flow(request, timeouts, idempotent=idempotent, probe_first=probe_first)
+        follower = LogFollower(on_log) if on_log is not None else None
+        self.timing = ClientTiming(time.monotonic())
         outcome: Outcome = None
         self._current = request
         try:
@@ -341,8 +351,10 @@ class KnativeHook(BaseHook):
                         self._check_cancelled(request)
                     outcome = None
                 else:
-                    outcome = self._send(step, settings, timeouts)
+                    self.timing.sending(step.request, time.monotonic())
+                    outcome = self._send(step, settings, timeouts, follower)
         finally:
+            self.timing.ended = time.monotonic()
             self._current = None
 
     @tracecontext.traced
@@ -353,17 +365,23 @@ class KnativeHook(BaseHook):
         *,
         idempotent: bool = False,
         probe_first: bool = False,
+        on_log: Callable[[str], None] | None = None,
     ) -> Response:
         """The async twin of :meth:`invoke` (httpx, for the triggerer): same flow, same errors."""
         settings = await self.asettings()
         timeouts = timeouts or settings.timeouts
+        follower = LogFollower(on_log) if on_log is not None else None
+        self.timing = ClientTiming(time.monotonic())
         # no proxies from the environment (in-cluster and loopback addresses); CA bundles from it
         # are honoured through settings.tls
-        async with await _async_client(timeouts, settings.tls) as client:
-            return await self._adrive(
-                call_flow(request, timeouts, idempotent=idempotent, probe_first=probe_first),
-                lambda step: self._asend(client, step, settings),
-            )
+        try:
+            async with await _async_client(timeouts, settings.tls) as client:
+                return await self._adrive(
+                    call_flow(request, timeouts, idempotent=idempotent, probe_first=probe_first),
+                    lambda step: self._asend(client, step, settings, follower),
+                )
+        finally:
+            self.timing.ended = time.monotonic()
 
     @contextlib.asynccontextmanager
     async def astream(
@@ -435,10 +453,13 @@ class KnativeHook(BaseHook):
                 await asyncio.sleep(step.seconds)
                 outcome = None
             else:
+                self.timing.sending(step.request, time.monotonic())
                 outcome = await send(step)
 
-    def _send(self, step: Send, settings: ServiceSettings, timeouts: Timeouts) -> Response | TransportFailure:
-        request = step.request
+    def _send(
+        self, step: Send, settings: ServiceSettings, timeouts: Timeouts, follower: LogFollower | None = None
+    ) -> Response | TransportFailure:
+        request = follower.prepare(step.request) if follower is not None else step.request
         token = _call_connections.set(self._connections)
         try:
             raw = http_session().request(
@@ -447,9 +468,21 @@ class KnativeHook(BaseHook):
                 data=request.body,
                 headers={**settings.headers, **request.headers(settings.secret)},
                 timeout=(timeouts.connect, timeouts.read),
+                stream=follower is not None,
                 **settings.tls.requests_kwargs(),
             )
-            return Response(raw.status_code, raw.headers.get("Content-Type", ""), raw.content)
+            content_type = raw.headers.get("Content-Type", "")
+            if follower is None or not _is_frames(content_type):
+                return Response(raw.status_code, content_type, raw.content)
+            follower.begin()
+            try:
+                for chunk in raw.iter_content(chunk_size=None):
+                    final = follower.feed(chunk)
+                    if final is not None:
+                        return final
+            finally:
+                raw.close()
+            return TransportFailure(FailureKind.BROKEN, "the stream ended before the call's answer")
         except requests.RequestException as exc:
             self._check_cancelled(request)
             if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
@@ -461,23 +494,37 @@ class KnativeHook(BaseHook):
             self._connections.clear()
 
     @staticmethod
-    async def _asend(client: Any, step: Send, settings: ServiceSettings) -> Response | TransportFailure:
+    async def _asend(
+        client: Any, step: Send, settings: ServiceSettings, follower: LogFollower | None = None
+    ) -> Response | TransportFailure:
         import httpx
 
-        request = step.request
+        request = follower.prepare(step.request) if follower is not None else step.request
         try:
-            answer = await client.request(
+            built = client.build_request(
                 request.method,
                 request.url,
                 content=request.body,
                 headers={**settings.headers, **request.headers(settings.secret)},
             )
+            answer = await client.send(built, stream=True)
+            try:
+                content_type = answer.headers.get("content-type", "")
+                if follower is None or not _is_frames(content_type):
+                    return Response(answer.status_code, content_type, await answer.aread())
+                follower.begin()
+                async for chunk in answer.aiter_raw():
+                    final = follower.feed(chunk)
+                    if final is not None:
+                        return final
+                return TransportFailure(FailureKind.BROKEN, "the stream ended before the call's answer")
+            finally:
+                await answer.aclose()
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise InvocationError(f"{request.url}: {type(exc).__name__}: {_short(exc)}") from None
         except httpx.TransportError as exc:
             _raise_if_tls(request.url, exc)
             return _httpx_failure(exc)
-        return Response(answer.status_code, answer.headers.get("content-type", ""), answer.content)
 
     def _check_cancelled(self, request: Request) -> None:
         if self._cancelled.is_set():
@@ -554,6 +601,10 @@ async def _async_client(timeouts: Timeouts, tls: TLSSettings) -> Any:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeouts.read, connect=timeouts.connect), trust_env=False, verify=verify
     )
+
+
+def _is_frames(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() == protocol.FRAMES_CONTENT_TYPE
 
 
 async def _no_lines() -> AsyncIterator[str]:

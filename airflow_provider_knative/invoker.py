@@ -171,6 +171,113 @@ class Response:
         return json.loads(self.body)
 
 
+@dataclass
+class ClientTiming:
+    """The caller's side of where a call's time went (monotonic seconds): from the first attempt
+    (``started``) to the send of the attempt that ran (``sent``: before it, the Service was
+    waited for: connection retries, 503s, scale from zero) to the answer (``ended``)."""
+
+    started: float
+    sent: float = 0.0
+    ended: float = 0.0
+    #: requests sent up to the one that ran (refused connections, 503s, a restored call's probe)
+    attempts: int = 0
+    _sends: int = 0
+
+    def sending(self, request: Request, now: float) -> None:
+        self._sends += 1
+        if request.method != "GET":  # the call itself, not a status query about it
+            self.sent = now
+            self.attempts = self._sends
+
+    @property
+    def waiting(self) -> float:
+        return max(0.0, (self.sent or self.started) - self.started)
+
+    @property
+    def total(self) -> float:
+        return max(0.0, self.ended - self.started)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"waiting": self.waiting, "total": self.total, "attempts": float(self.attempts)}
+
+
+def timing_line(client: Mapping[str, float], pod: Mapping[str, float], replica: str, where: str) -> str:
+    """The one line a call's task log ends with: where its time went, adding up to its total."""
+
+    def size(n: float) -> str:
+        value = float(n)
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if value < 1024 or unit == "GiB":
+                return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+            value /= 1024
+        return f"{value:.1f} GiB"  # pragma: no cover
+
+    total, waiting = client.get("total", 0.0), client.get("waiting", 0.0)
+    parts = {key: pod.get(key, 0.0) for key in ("queued", "fetch", "call", "spill")}
+    other = max(0.0, total - waiting - sum(parts.values()))
+    attempts = int(client.get("attempts", 1))
+    return (
+        f"Knative call to {where}: {total:.2f} s = waiting for the Service {waiting:.2f} s "
+        f"({attempts} attempt{'s' if attempts != 1 else ''}) + queued in the pod {parts['queued']:.2f} s "
+        f"+ fetching arguments {parts['fetch']:.2f} s ({size(pod.get('fetched_bytes', 0))}) "
+        f"+ the function {parts['call']:.2f} s + spilling the result {parts['spill']:.2f} s "
+        f"({size(pod.get('spilled_bytes', 0))}) + transfer and encoding {other:.2f} s; "
+        f"ran on {replica or 'an unnamed pod'}"
+    )
+
+
+class LogFollower:
+    """A call's output as the runtime streams it (``protocol.FRAMES_CONTENT_TYPE``): each new
+    piece goes to ``on_log`` once, in order, and the follower remembers how far it got, so a
+    stream that broke is resumed from there (``GET /invocations/<id>?stream=1&from=N``) on
+    whichever replica answers, and no piece is shown twice. No I/O: the hook feeds it bytes.
+    """
+
+    def __init__(self, on_log: Callable[[str], None]) -> None:
+        self.on_log = on_log
+        self.offset = 0
+        self._reader = protocol.FrameReader()
+
+    def prepare(self, request: Request) -> Request:
+        """The request as sent by a client that follows the output: frames accepted, and a
+        status query asks for the output from where this follower is."""
+        if not request.invocation_id:
+            return request
+        headers = {
+            **request.headers_extra,
+            "Accept": f"{protocol.FRAMES_CONTENT_TYPE}, {protocol.CONTENT_TYPE};q=0.9",
+        }
+        url = request.url
+        if request.method == "GET" and protocol.INVOCATIONS_PATH in url:
+            joiner = "&" if "?" in url else "?"
+            url = f"{url}{joiner}{protocol.STREAM_PARAM}=1&{protocol.FROM_PARAM}={self.offset}"
+        return replace(request, url=url, headers_extra=headers)
+
+    def begin(self) -> None:
+        """A new answer starts (a fresh stream of frames)."""
+        self._reader = protocol.FrameReader()
+
+    def feed(self, data: bytes) -> Response | None:
+        """Bytes of a frames answer: the final Response once its end frame arrives."""
+        for frame in self._reader.feed(data):
+            if "log" in frame:
+                self._show(str(frame["log"]), int(frame.get("at", self.offset)))
+            else:
+                end = frame["end"]
+                return Response(int(end["status"]), protocol.CONTENT_TYPE, bytes(end["body"]))
+        return None
+
+    def _show(self, text: str, at: int) -> None:
+        data = text.encode("utf-8", "replace")
+        if at + len(data) <= self.offset:
+            return  # shown before the stream broke
+        if at < self.offset:
+            data = data[self.offset - at :]
+        self.offset = max(self.offset, at) + len(data)
+        self.on_log(data.decode("utf-8", "replace"))
+
+
 class FailureKind(enum.Enum):
     """What a transport failure says about whether the request reached the service."""
 

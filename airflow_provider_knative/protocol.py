@@ -27,12 +27,15 @@ import hashlib
 import hmac
 import inspect
 import secrets
+import struct
 import textwrap
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgpack
 
 from airflow_provider_knative import codec
 from airflow_provider_knative.errors import ProtocolError, SignatureError, VersionMismatch
@@ -87,6 +90,64 @@ NOT_STARTED_ERRORS = frozenset({"NotReady", "ShuttingDown", "Busy", "StoreUnavai
 #: the error type with which the runtime says it has no record of an invocation id (a runtime
 #: without a store: its memory is its record)
 UNKNOWN_INVOCATION = "UnknownInvocation"
+#: A client that can show a call's output while it runs asks for this media type (``Accept``):
+#: the answer is then a stream of frames, each a 4-byte big-endian length and a msgpack map:
+#: ``{"log": text, "at": offset}`` (the call's output from byte ``offset`` on, as it is
+#: printed), then one ``{"end": {"status": ..., "body": <Result>, "error": ...}}`` carrying the
+#: answer a client without streaming gets, with the logs it already streamed left out. A call
+#: refused before it starts is answered as usual (not as frames). A status query takes
+#: ``stream=1&from=<offset>`` to follow a call from where a broken stream left off.
+FRAMES_CONTENT_TYPE = "application/x-knative-frames"
+STREAM_PARAM = "stream"
+FROM_PARAM = "from"
+_FRAME_LENGTH = struct.Struct(">I")
+#: the largest frame a client accepts (a result is small: large values are references)
+MAX_FRAME_BYTES = 512 * 1024 * 1024
+
+
+def log_frame(text: str, at: int) -> bytes:
+    """One frame of a call's output, starting at byte ``at`` of it."""
+    return _frame({"log": text, "at": at})
+
+
+def end_frame(status: int, body: bytes, error: str = "") -> bytes:
+    """The last frame: the answer (HTTP status, Result body, one-line error)."""
+    return _frame({"end": {"status": status, "body": bytes(body), "error": error}})
+
+
+def _frame(data: dict[str, Any]) -> bytes:
+    packed = msgpack.packb(data, use_bin_type=True)
+    return _FRAME_LENGTH.pack(len(packed)) + packed
+
+
+class FrameReader:
+    """Frames out of a byte stream, fed as the bytes arrive (either HTTP library's chunks)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= _FRAME_LENGTH.size:
+            (size,) = _FRAME_LENGTH.unpack_from(self._buffer)
+            if size > MAX_FRAME_BYTES:
+                raise ProtocolError(f"a frame of {size} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+            if len(self._buffer) < _FRAME_LENGTH.size + size:
+                break
+            raw = bytes(self._buffer[_FRAME_LENGTH.size : _FRAME_LENGTH.size + size])
+            del self._buffer[: _FRAME_LENGTH.size + size]
+            try:
+                frame = msgpack.unpackb(raw, raw=False)
+            except Exception as exc:
+                raise ProtocolError(f"malformed frame: {exc}") from None
+            _require(
+                isinstance(frame, dict) and ("log" in frame or "end" in frame), "frame must be log or end"
+            )
+            frames.append(frame)
+        return frames
+
+
 #: the error types of a call whose pod went away under it (its lease expired, or the drain at
 #: scale-down outlived it): a definite failure; an idempotent call is sent again as a new attempt
 ABANDONED = "Abandoned"

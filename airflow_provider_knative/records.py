@@ -24,6 +24,9 @@ layout (``store.record_key``), one folder per call. For a call ``C`` and its att
     large values are already references). The first outcome written is the outcome: the
     owner's answer, or "abandoned" written by a replica that found the lease expired, or
     "cancelled". An owner that loses that race discards its result and answers with the record.
+``aN.log.<offset>``
+    the call's output from byte ``offset`` on, written while it runs (``runtime/livelog.py``),
+    so a client that re-attaches on another replica still follows it live.
 ``cancel``
     written by whoever is asked to cancel the call (a task marked failed in the UI); the owner
     reads it when it renews its lease and stops the call.
@@ -226,6 +229,14 @@ class Records:
         """The owner is alive and still running the call."""
         lease = {"owner": self.owner, "at": self._clock()}
         self.store.write(self._key(call, f"a{attempt}.lease"), json.dumps(lease).encode())
+
+    def write_log(self, call: str, attempt: int, offset: int, data: bytes) -> None:
+        """A piece of the call's output, from byte ``offset`` on (for followers on other replicas)."""
+        self.store.write(self._key(call, f"a{attempt}.log.{offset:012d}"), data)
+
+    def read_log(self, call: str, attempt: int, offset: int) -> bytes | None:
+        """The piece of output written at byte ``offset``, if there is one yet."""
+        return self.store.read(self._key(call, f"a{attempt}.log.{offset:012d}"))
 
     def cancel_requested(self, call: str) -> bool:
         return self.store.read(self._key(call, "cancel")) is not None

@@ -25,6 +25,7 @@ from airflow_provider_knative import aws, spill, tracecontext
 from airflow_provider_knative.errors import KnativeError
 from airflow_provider_knative.hooks import KnativeHook
 from airflow_provider_knative.invoker import Request, Timeouts
+from airflow_provider_knative.remote_output import RemoteOutput
 
 aws.install()  # the triggerer reads and writes bodies in the store: [knative] aws_conn_id applies
 
@@ -60,6 +61,8 @@ class KnativeInvocationTrigger(BaseTrigger):
         idempotent: bool = False,
         headers: dict[str, str] | None = None,
         traceparent: str = "",
+        output: bool = False,
+        label: str = "",
     ) -> None:
         super().__init__()
         self.url = url
@@ -75,6 +78,8 @@ class KnativeInvocationTrigger(BaseTrigger):
         self.idempotent = idempotent
         self.headers = dict(headers or {})
         self.traceparent = traceparent
+        self.output = output
+        self.label = label
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -93,6 +98,8 @@ class KnativeInvocationTrigger(BaseTrigger):
                 "idempotent": self.idempotent,
                 "headers": self.headers,
                 "traceparent": self.traceparent,
+                "output": self.output,
+                "label": self.label,
             },
         )
 
@@ -127,14 +134,21 @@ class KnativeInvocationTrigger(BaseTrigger):
     async def _call(self) -> dict[str, Any]:
         body = await asyncio.to_thread(spill.unpack_bytes, self.body, delete=False)
         hook = KnativeHook(self.knative_conn_id)
-        # Airflow restores a trigger (same kwargs) after its triggerer died: the call may already
-        # run on some replica, so its record is asked before anything is sent
-        response = await hook.ainvoke(
-            self._request(body),
-            Timeouts.from_dict(self.timeouts),
-            idempotent=self.idempotent,
-            probe_first=bool(self.invocation_id) and not self.idempotent,
-        )
+        # the function's output, in the task log as it runs (the triggerer's lines are the task's)
+        sink = RemoteOutput(self.log, self.label or self.url) if self.output else None
+        try:
+            # Airflow restores a trigger (same kwargs) after its triggerer died: the call may
+            # already run on some replica, so its record is asked before anything is sent
+            response = await hook.ainvoke(
+                self._request(body),
+                Timeouts.from_dict(self.timeouts),
+                idempotent=self.idempotent,
+                probe_first=bool(self.invocation_id) and not self.idempotent,
+                on_log=sink,
+            )
+        finally:
+            if sink is not None:
+                sink.close()
         packed = await asyncio.to_thread(
             spill.pack_bytes,
             response.body,
@@ -149,6 +163,7 @@ class KnativeInvocationTrigger(BaseTrigger):
             "http_status": response.status,
             "content_type": response.content_type,
             "body": packed,
+            "timing": hook.timing.to_dict(),
         }
 
     async def on_kill(self) -> None:

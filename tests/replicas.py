@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -33,7 +34,8 @@ from tcp_proxy import close_after, read_message
 
 #: what to do with one request: None (relay it), "request" (deliver it, then cut the client's
 #: connection before any answer), "answer" (relay the answer's head and part of its body, then
-#: cut), or ("lines", n) (relay the head and n lines of a streamed answer, then cut)
+#: cut), ("lines", n) (relay the head and n lines of a streamed answer, then cut), or
+#: ("after", s) (relay for s seconds, then cut: a stream broken mid-call)
 Cut = Callable[[bytes], Any]
 
 
@@ -127,6 +129,22 @@ class Balancer:
 
     def _relay(self, upstream: socket.socket, client: socket.socket, action: Any) -> None:
         sent = b""
+        if isinstance(action, tuple) and action[0] == "after":
+            deadline = time.monotonic() + action[1]
+            try:
+                while (remaining := deadline - time.monotonic()) > 0:
+                    upstream.settimeout(remaining)
+                    chunk = upstream.recv(65536)
+                    if not chunk:
+                        break
+                    client.sendall(chunk)
+            except OSError:  # time is up (a timeout is an OSError): cut mid-answer, below
+                pass
+            finally:
+                _close(client)
+                upstream.settimeout(None)
+                threading.Thread(target=self._drain, args=(upstream,), daemon=True).start()
+            return
         try:
             while chunk := upstream.recv(65536):
                 if action is None:

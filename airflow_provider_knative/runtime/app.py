@@ -34,9 +34,10 @@ from urllib.parse import parse_qs, unquote
 from airflow_provider_knative import protocol, records
 from airflow_provider_knative.errors import SignatureError, StoreError
 from airflow_provider_knative.functions import FunctionInfo
-from airflow_provider_knative.runtime import invoke
+from airflow_provider_knative.runtime import invoke, streams
 from airflow_provider_knative.runtime.claims import Claimer, Leases, request_digest
 from airflow_provider_knative.runtime.ledger import Ledger
+from airflow_provider_knative.runtime.livelog import LiveLog, LiveLogs
 from airflow_provider_knative.runtime.loader import ImportFailure
 from airflow_provider_knative.runtime.workers import Workers
 from airflow_provider_knative.runtime.workload_runs import (
@@ -134,6 +135,8 @@ class RuntimeApp:
         #: the record of every call in the store (None: this process's ledger is the only record)
         self.records = records_
         self.leases = leases
+        #: the output of the calls running here, for the clients that follow it live
+        self.live_logs = LiveLogs()
         self.in_flight = 0
         self.body_budget = body_budget_bytes or limits.max_body_bytes * 2
         self.buffering = 0  # bytes of bodies being read right now
@@ -143,8 +146,8 @@ class RuntimeApp:
         self.outlived = 0
         #: the workloads of the KnativeExecutor, when this runtime accepts them
         self.workloads: WorkloadRuns | None = None
-        #: told of every answered call, in its worker thread (metrics, spans: see ``server.observer``)
-        self.observe: Callable[[Mapping[str, str], dict[str, str], invoke.Outcome], None] | None = None
+        #: told of every answered call, in its worker thread (metrics, spans: see ``observability``)
+        self.observe: Callable[[Mapping[str, str], invoke.CallContext, invoke.Outcome], None] | None = None
         #: ``GET /metrics``: the Prometheus exposition and its content type (None: no metrics)
         self.metrics: Callable[[], tuple[bytes, str]] | None = None
 
@@ -300,9 +303,38 @@ class RuntimeApp:
             await self._respond(send, invoke.error_outcome(400, "ProtocolError", str(exc)))
             return
         admitted = await self._admit(scope, receive, send)
-        if admitted is not None:
-            outcome = await self._run(*admitted, attempt=attempt, path=_signed_path(scope))
-            await self._respond(send, outcome)
+        if admitted is None:
+            return
+        body, headers = admitted
+        live = LiveLog(asyncio.get_running_loop())
+        run = asyncio.ensure_future(self._execute(body, headers, attempt, _signed_path(scope), live))
+        if not streams.accepts_frames(headers):
+            await self._respond(send, await self._resolved(run))
+            return
+        # a client that shows the output as it happens: frames once the function begins here;
+        # a duplicate follows the run it joined; a refusal is answered as usual
+        began = asyncio.ensure_future(live.began.wait())
+        await asyncio.wait({run, began}, return_when=asyncio.FIRST_COMPLETED)
+        began.cancel()
+        if live.began.is_set():
+            await streams.follow_live(send, live, self._answer(self._resolved(run)))
+            return
+        outcome = run.result()
+        if outcome.pending is not None:
+            joined = self.live_logs.get(invoke.ledger_key(*outcome.pending.request[1:]))
+            if joined is not None:
+                await streams.follow_live(send, joined, self._answer(self._wait_entry(outcome.pending, None)))
+                return
+        if outcome.follow is not None and self.records is not None:
+            await streams.follow_record(send, self.records, *outcome.follow)
+            return
+        await self._respond(send, await self._resolved(run))
+
+    async def _answer(self, outcome: Awaitable[invoke.Outcome]) -> streams.Answer:
+        final = await outcome
+        if final.follow is not None:
+            final = await self._follow(*final.follow, deadline=None)
+        return final.status, final.body, final.error
 
     # ------------------------------------------------------------------ POST /workloads
 
@@ -446,38 +478,68 @@ class RuntimeApp:
                 return _too_large(len(body), limit, so_far=True)
         return body
 
-    async def _run(
-        self, body: bytearray, headers: dict[str, str], attempt: int = 1, path: str = protocol.INVOKE_PATH
+    async def _execute(
+        self,
+        body: bytearray,
+        headers: dict[str, str],
+        attempt: int = 1,
+        path: str = protocol.INVOKE_PATH,
+        live: LiveLog | None = None,
     ) -> invoke.Outcome:
-        slot: dict[str, str] = {}
-        future = self.pool.submit(self._handle, body, headers, attempt, slot, path, time.time())
+        """Run the call on a worker; its first answer (which may say: wait for a run that
+        started before, here or on another replica; see :meth:`_resolved`)."""
+        keys: list[str] = []
+
+        def on_key(key: str) -> None:  # on the worker thread, as soon as the key is known
+            keys.append(key)
+            if live is not None:
+                self.live_logs.add(key, live)
+
+        ctx = invoke.CallContext(
+            arrived=time.time(),
+            on_text=live.append if live is not None else None,
+            on_begin=live.start if live is not None else None,
+        )
+        future = self.pool.submit(self._handle, body, headers, attempt, on_key, path, ctx)
         self._waiting.add(future)
         try:
-            outcome = await future
+            return await future
         except asyncio.CancelledError:
             if not self._expired:
                 raise
             # the drain is over: the record says how the call ended (Leases.stop_all wrote it)
-            entry = self.ledger.get(slot["key"]) if "key" in slot else None
+            entry = self.ledger.get(keys[0]) if keys else None
             if entry is not None and entry.done.is_set() and entry.outcome is not None:
                 return entry.outcome
             return self._drain_timeout()
         finally:
             self._waiting.discard(future)
-        if outcome.pending is not None:  # the same invocation id is running or has run
+            if live is not None:
+                live.end()
+
+    async def _resolved(self, run: Awaitable[invoke.Outcome]) -> invoke.Outcome:
+        """The answer of a call: its own, or that of the run it joined here or follows elsewhere."""
+        outcome = await run
+        if outcome.pending is not None:  # the same invocation id is running or has run here
             outcome = await self._wait_entry(outcome.pending, deadline=None)
         if outcome.follow is not None:  # another replica runs it: its record answers
             outcome = await self._follow(*outcome.follow, deadline=None)
         return outcome
+
+    async def _run(
+        self, body: bytearray, headers: dict[str, str], attempt: int = 1, path: str = protocol.INVOKE_PATH
+    ) -> invoke.Outcome:
+        """The answer of one call (no streaming)."""
+        return await self._resolved(self._execute(body, headers, attempt, path))
 
     def _handle(
         self,
         body: bytearray,
         headers: dict[str, str],
         attempt: int,
-        slot: dict[str, str],
+        on_key: Callable[[str], None],
         path: str,
-        arrived: float,
+        ctx: invoke.CallContext,
     ) -> invoke.Outcome:
         """Worker-thread side; counts itself so shutdown knows whether calls are still running."""
         with self._lock:
@@ -493,12 +555,12 @@ class RuntimeApp:
                 self.ledger,
                 self.records,
                 attempt=attempt,
-                slot=slot,
+                on_key=on_key,
                 path=path,
-                arrived=arrived,
+                ctx=ctx,
             )
             if self.observe is not None:
-                self.observe(headers, slot, outcome)
+                self.observe(headers, ctx, outcome)
             return outcome
         finally:
             with self._lock:
@@ -552,6 +614,9 @@ class RuntimeApp:
         if scope["method"] == "DELETE":
             await self._respond(send, await self._cancel(invocation_id, attempt))
             return
+        if params.get(protocol.STREAM_PARAM, ["0"])[0] not in ("", "0") and streams.accepts_frames(headers):
+            if await self._stream_status(send, invocation_id, attempt, params, probe):
+                return
         deadline = time.monotonic() + wait
         entry = self.ledger.get(invoke.ledger_key(invocation_id, attempt))
         if entry is not None and (self.records is None or not entry.done.is_set()):
@@ -569,6 +634,26 @@ class RuntimeApp:
         else:
             outcome = await self._follow(invocation_id, attempt, deadline=deadline, void=not probe)
         await self._respond(send, outcome)
+
+    async def _stream_status(
+        self, send: Send, call: str, attempt: int, params: dict[str, list[str]], probe: bool
+    ) -> bool:
+        """``GET /invocations/<id>?stream=1&from=N``: follow the call's output from byte N to its
+        answer, on whichever replica runs it. False when there is nothing to follow here (no
+        record and no run: the plain answer says so)."""
+        try:
+            offset = max(0, int(params.get(protocol.FROM_PARAM, ["0"])[0]))
+        except ValueError:
+            offset = 0
+        key = invoke.ledger_key(call, attempt)
+        live, entry = self.live_logs.get(key), self.ledger.get(key)
+        if live is not None and entry is not None:
+            await streams.follow_live(send, live, self._answer(self._wait_entry(entry, None)), offset)
+            return True
+        if self.records is None:
+            return False
+        await streams.follow_record(send, self.records, call, attempt, offset, void=not probe)
+        return True
 
     async def _follow(
         self, call: str, attempt: int, *, deadline: float | None, void: bool = False

@@ -43,7 +43,7 @@ from airflow_provider_knative.errors import (
     StoreError,
 )
 from airflow_provider_knative.functions import Function, FunctionInfo
-from airflow_provider_knative.runtime import claims, logs
+from airflow_provider_knative.runtime import claims, livelog, logs
 from airflow_provider_knative.runtime.ledger import Entry, Ledger
 
 _log = logging.getLogger("airflow_provider_knative.runtime")
@@ -108,6 +108,23 @@ class Phases:
     def from_wire(cls, data: list[Any]) -> Phases:
         arrived, started, f0, f1, fb, c0, c1, s0, s1, sb = data
         return cls(arrived, started, (f0, f1), fb, (c0, c1), (s0, s1), sb)
+
+
+@dataclass
+class CallContext:
+    """What the runtime knows of one admitted call besides its invocation.
+
+    ``claimer`` claims it in the record right before the function starts (None: no records,
+    or no id); ``on_text``/``on_begin`` tell the server's ``livelog.LiveLog`` the call's output
+    as it is printed and when the function begins (a forked child sends them over its pipe).
+    """
+
+    arrived: float = 0.0
+    claimer: claims.Claimer | None = None
+    on_text: Callable[[str, int], None] | None = None
+    on_begin: Callable[[], None] | None = None
+    #: the function's id, once looked up (the runtime's metrics and spans name it)
+    function: str = ""
 
 
 @dataclass
@@ -278,11 +295,8 @@ def _user_traceback(exc: BaseException) -> str:
     return _clean("".join(traceback.format_exception(type(exc), exc, tb)))
 
 
-#: how a call is run once admitted (see ``isolation``): the Claimer, when the runtime keeps
-#: records, is called right before the function starts; the float is when the request arrived
-Runner = Callable[
-    [FunctionInfo, protocol.Invocation, bytes | bytearray, "claims.Claimer | None", float], "Outcome"
-]
+#: how a call is run once admitted (see ``isolation``)
+Runner = Callable[[FunctionInfo, protocol.Invocation, bytes | bytearray, CallContext], "Outcome"]
 
 
 def ledger_key(call: str, attempt: int) -> str:
@@ -300,9 +314,9 @@ def handle(
     ledger: Ledger[Outcome] | None = None,
     records_: records.Records | None = None,
     attempt: int = 1,
-    slot: dict[str, str] | None = None,
+    on_key: Callable[[str], None] | None = None,
     path: str = protocol.INVOKE_PATH,
-    arrived: float = 0.0,
+    ctx: CallContext | None = None,
 ) -> Outcome:
     """Answer one invocation. Runs in a worker thread; never raises.
 
@@ -311,8 +325,8 @@ def handle(
     is ``Outcome(pending=entry)`` and the caller waits for that entry's outcome. With
     ``records_``, the call is claimed in the store right before it starts; a claim held by
     another replica is answered ``Outcome(follow=...)`` (wait for its record), and the outcome
-    is recorded before it is answered. ``slot["key"]`` tells the caller the ledger key and
-    ``slot["function"]`` the function's id, once known.
+    is recorded before it is answered. ``on_key`` is told the ledger key as soon as it is known,
+    and ``ctx.function`` is the function's id once it was looked up.
     """
     try:
         signature = verify(body, headers, limits, guard, path=path)
@@ -320,16 +334,16 @@ def handle(
         fn = _lookup(inv, functions_)
     except Rejected as exc:
         return error_outcome(exc.status, exc.type, exc.message)
-    if slot is not None:
-        slot["function"] = fn.function_id  # a registered id: safe as a metric label
     # a signed request without an id is recorded by its signature: a replay is refused everywhere
     call = inv.invocation_id or (f"signed:{signature}" if signature and records_ is not None else "")
+    ctx = ctx or CallContext()
+    ctx.function = fn.function_id  # a registered id: safe as a metric label
     if ledger is None or not call:
-        return run(fn, inv, body, None, arrived)
+        return run(fn, inv, body, ctx)
     digest = claims.request_digest(body)
     key = ledger_key(call, attempt)
-    if slot is not None:
-        slot["key"] = key
+    if on_key is not None:
+        on_key(key)
     entry, fresh = ledger.begin(key, request=(digest, call, attempt))
     if not fresh:
         if entry.request[0] != digest:
@@ -341,9 +355,10 @@ def handle(
             )
         return Outcome(0, b"", pending=entry)
     claimer = claims.Claimer(call, attempt, digest, signature, records_) if records_ is not None else None
+    ctx.claimer = claimer
     outcome = Outcome(500, b"")
     try:
-        outcome = run(fn, inv, body, claimer, arrived)
+        outcome = run(fn, inv, body, ctx)
         if claimer is not None:
             outcome = replace(settle(claimer, outcome), phases=outcome.phases)
     finally:
@@ -354,6 +369,18 @@ def handle(
         else:
             ledger.finish(key, outcome)
     return outcome
+
+
+def _journal(limits: Limits, ctx: CallContext) -> livelog.Journal | None:
+    """Where the call's output goes while it runs: the server (its followers) and, when the
+    call is claimed in a store, the record (followers on other replicas)."""
+    claimer = ctx.claimer
+    store = (claimer.book, claimer.call, claimer.attempt) if claimer is not None and claimer.claimed else None
+    if ctx.on_text is None and store is None:
+        return None
+    journal = livelog.Journal(limits.log_max_bytes, on_text=ctx.on_text, store=store)
+    livelog.FLUSHER.add(journal)
+    return journal
 
 
 def settle(claimer: claims.Claimer, outcome: Outcome) -> Outcome:
@@ -387,16 +414,18 @@ def run(
     inv: protocol.Invocation,
     limits: Limits,
     begin: Callable[[], tuple[int, bytes, str] | None] | None = None,
-    arrived: float = 0.0,
+    ctx: CallContext | None = None,
 ) -> Outcome:
     """Prepare the arguments, call the function, encode the result; every failure an Outcome.
 
     ``begin`` runs right before the function (the claim): an answer from it is returned instead.
-    ``arrived`` is when the server had the request (for the time it waited for a worker).
+    ``ctx`` says when the request arrived and where the output goes while it runs.
     """
-    phases = Phases(arrived=arrived, started=time.time())
+    ctx = ctx or CallContext()
+    phases = Phases(arrived=ctx.arrived, started=time.time())
     started = time.perf_counter()
     capture = None
+    journal = None
     try:
         args, kwargs = _prepare(fn, inv)
         phases.fetch = (phases.started, time.time())
@@ -405,7 +434,10 @@ def run(
             refusal = begin()
             if refusal is not None:
                 return Outcome(*refusal)
-        capture, token = logs.start(limits.log_max_bytes)
+        journal = _journal(limits, ctx)
+        capture, token = logs.start(limits.log_max_bytes, journal.write if journal is not None else None)
+        if ctx.on_begin is not None:
+            ctx.on_begin()
         call_start = time.time()
         try:
             value = functions.call(fn, args, kwargs)
@@ -416,6 +448,8 @@ def run(
             return error_outcome(500, _type_name(exc), str(exc), _user_traceback(exc), capture, phases)
         finally:
             logs.stop(token)
+            if journal is not None:  # all of the output is out before the outcome is recorded
+                livelog.FLUSHER.close(journal)
         phases.call = (call_start, time.time())
         encoded = _encode_result(value, inv)
         phases.spill = (phases.call[1], time.time())

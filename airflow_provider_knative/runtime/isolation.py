@@ -37,15 +37,12 @@ def run_in_thread(limits: invoke.Limits, leases: Leases | None = None) -> invoke
     """Calls run right here, in the server's worker thread that admitted them."""
 
     def run(
-        fn: FunctionInfo,
-        inv: protocol.Invocation,
-        body: bytes | bytearray,
-        claimer: Claimer | None,
-        arrived: float = 0.0,
+        fn: FunctionInfo, inv: protocol.Invocation, body: bytes | bytearray, ctx: invoke.CallContext
     ) -> invoke.Outcome:
         assert isinstance(fn, Function), "thread isolation needs the imported function"
+        claimer = ctx.claimer
         if claimer is None:
-            return invoke.run(fn, inv, limits, arrived=arrived)
+            return invoke.run(fn, inv, limits, ctx=ctx)
 
         def begin() -> tuple[int, bytes, str] | None:
             refusal = claimer()
@@ -54,7 +51,7 @@ def run_in_thread(limits: invoke.Limits, leases: Leases | None = None) -> invoke
             return refusal
 
         try:
-            return invoke.run(fn, inv, limits, begin, arrived)
+            return invoke.run(fn, inv, limits, begin, ctx)
         finally:
             if leases is not None and claimer.claimed:
                 leases.release(claimer.call, claimer.attempt)
@@ -76,18 +73,15 @@ class ProcessRunner:
         self.leases = leases
 
     def __call__(
-        self,
-        fn: FunctionInfo,
-        inv: protocol.Invocation,
-        body: bytes | bytearray,
-        claimer: Claimer | None,
-        arrived: float = 0.0,
+        self, fn: FunctionInfo, inv: protocol.Invocation, body: bytes | bytearray, ctx: invoke.CallContext
     ) -> invoke.Outcome:
+        claimer = ctx.claimer
         payload: dict[str, Any] = {
             "body": bytes(body),
             "log_max_bytes": self.limits.log_max_bytes,
-            "arrived": arrived,
+            "arrived": ctx.arrived,
             "replica": self.limits.replica,
+            "live": ctx.on_text is not None,
         }
         if claimer is not None:
             payload["claim"] = claimer.to_wire()
@@ -95,7 +89,13 @@ class ProcessRunner:
         outcome = None
         try:
             for message in job.messages():
-                if message[0] == "claimed":
+                if message[0] == "log":
+                    if ctx.on_text is not None:
+                        ctx.on_text(message[1], message[2])
+                elif message[0] == "began":
+                    if ctx.on_begin is not None:
+                        ctx.on_begin()
+                elif message[0] == "claimed":
                     assert claimer is not None
                     claimer.claimed = True
                     if self.leases is not None:
@@ -144,7 +144,7 @@ def run_in_child(payload: dict[str, Any], emit: Callable[[Any], None]) -> None:
     """The fork server's ``invoke`` job: run one call in this (fresh) process, emit its outcome.
 
     Emits ``["claimed"]`` when it won the call's claim, ``["follow", claim]`` when another
-    replica holds it, then ``["outcome", status, body, error, recorded]`` (unless it followed;
+    replica holds it, ``["began"]`` and ``["log", text, offset]`` while the function runs, then ``["outcome", status, body, error, recorded]`` (unless it followed;
     ``recorded``: the outcome is in the call's record already).
     """
     body = payload["body"]
@@ -166,15 +166,20 @@ def run_in_child(payload: dict[str, Any], emit: Callable[[Any], None]) -> None:
             emit(["follow", claimer.holder.encode()])
         return refusal
 
+    live = bool(payload.get("live"))
+    ctx = invoke.CallContext(
+        arrived=payload.get("arrived", 0.0),
+        claimer=claimer,
+        on_text=(lambda text, at: emit(["log", text, at])) if live else None,
+        on_begin=(lambda: emit(["began"])) if live else None,
+    )
     try:
         inv = protocol.Invocation.decode(body)
         fn = loader.current().functions[inv.function_id]
     except Exception as exc:  # the server admitted it, so this is a mismatch between the two
         outcome = invoke.error_outcome(500, "RuntimeInternalError", f"{type(exc).__name__}: {exc}")
     else:
-        outcome = invoke.run(
-            fn, inv, limits, begin if claimer is not None else None, payload.get("arrived", 0.0)
-        )
+        outcome = invoke.run(fn, inv, limits, begin if claimer is not None else None, ctx)
     if claimer is not None and claimer.holder is not None:
         return  # another replica runs it: the server follows its record
     if claimer is not None:

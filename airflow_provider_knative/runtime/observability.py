@@ -1,7 +1,7 @@
 """What the runtime tells about itself: its metrics (``GET /metrics``) and, when asked, its spans.
 
 The one place that connects ``metrics.py`` and ``tracing.py`` to the server: the app calls
-``app.observe(headers, slot, outcome)`` in the worker thread of every answered call (``slot``
+``app.observe(headers, ctx, outcome)`` in the worker thread of every answered call (``ctx``
 names the function, once known, and the call), the workload runs call ``on_ended`` when a task
 ends, and ``GET /metrics`` reads the state of the app, its workers and its leases when scraped.
 """
@@ -46,12 +46,13 @@ class Observability:
         if self.metrics is not None or self.tracer is not None:
             app.observe = self.observe
 
-    def observe(self, headers: Mapping[str, str], slot: dict[str, str], outcome: invoke.Outcome) -> None:
-        function = slot.get("function", "")
+    def observe(self, headers: Mapping[str, str], ctx: invoke.CallContext, outcome: invoke.Outcome) -> None:
         if self.metrics is not None:
-            self.metrics.call_ended(function, outcome)
+            self.metrics.call_ended(ctx.function, outcome)
         if self.tracer is not None:
-            self.tracer.record(headers, function, slot.get("key", ""), outcome)
+            claim = ctx.claimer
+            call = invoke.ledger_key(claim.call, claim.attempt) if claim is not None else ""
+            self.tracer.record(headers, ctx.function, call, outcome)
 
     def state(self) -> dict[str, Any]:
         """What ``GET /metrics`` reports of the running runtime, read at each scrape."""

@@ -45,8 +45,9 @@ log = logging.getLogger("airflow_provider_knative.runtime")
 
 #: seconds between ``alive`` events on a workload stream
 ALIVE_SECONDS = 5.0
-#: seconds between uploads of a running task's log (when remote logging is configured)
-LOG_UPLOAD_SECONDS = 5.0
+#: seconds between uploads of a running task's log (when remote logging is configured): the UI
+#: shows a task's lines within about this long, as it does for a local worker's
+LOG_UPLOAD_SECONDS = 1.5
 #: a run is stopped this long before the Knative request timeout, so its answer still arrives
 TIMEOUT_MARGIN_SECONDS = 15.0
 #: how long a finished run is remembered (a resent delivery joins it instead of starting again)
@@ -146,13 +147,15 @@ class WorkloadRuns:
         self._claiming: dict[str, asyncio.Future[None]] = {}
         #: told when a run this replica started has ended (the runtime's metrics)
         self.on_ended: Callable[[Run], None] | None = None
+        self._reserved = 0  # slots held for deliveries whose claim is being written
 
     @property
     def active(self) -> int:
         return sum(1 for run in self.runs.values() if not run.finished)
 
     def _full(self) -> bool:
-        return bool(self.capacity) and self.active >= self.capacity
+        # a slot being claimed is taken: its run starts the moment its claim is won
+        return bool(self.capacity) and self.active + self._reserved >= self.capacity
 
     def _slot_event(self) -> None:
         self._slots_changed.set()
@@ -204,9 +207,11 @@ class WorkloadRuns:
             await asyncio.shield(pending)
             return await self._claimed(request, executor, server, None)
         self._claiming[request.delivery] = asyncio.get_running_loop().create_future()
+        self._reserved += 1  # the slot stays this delivery's while its claim is written
         try:
             answer = await asyncio.to_thread(claim)
         finally:
+            self._reserved -= 1
             self._claiming.pop(request.delivery).set_result(None)
         if answer is FOLLOW:
             assert self.records is not None
@@ -219,6 +224,7 @@ class WorkloadRuns:
             raise Elsewhere(record_events(state, request.delivery))
         if answer is not None:
             raise Refused(answer)
+        # no await since the reservation was given back: the slot is still free for this run
         run = self.start_or_join(request, executor, server)
         run.claim = claim
         if self.leases is not None:
