@@ -1,7 +1,7 @@
 """What the runtime's metrics cost a no-op call: the runtime with ``GET /metrics`` against the same
 runtime without it, in the same run.
 
-    .venv/bin/python bench/bench_observability.py [--requests 6000] [--rounds 7]
+    .venv/bin/python bench/bench_observability.py [--requests 6000] [--rounds 7] [--isolation thread process]
 
 Per isolation mode (``thread``, then ``process``, the default), two runtimes run side by side on
 127.0.0.1 serving ``tests/runtime_dags/basic``: one as shipped, counting every call
@@ -42,11 +42,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=6000, help="requests per throughput run")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument(
+        "--isolation", nargs="+", default=["thread", "process"], choices=["thread", "process"]
+    )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         hidden = _without_prometheus(Path(tmp))
-        for isolation in ("thread", "process"):
+        for isolation in args.isolation:
             base = {"AIRFLOW__KNATIVE__SIGNING_SECRET": "", "AIRFLOW__KNATIVE__ISOLATION": isolation}
             with contextlib.ExitStack() as stack:
                 on = stack.enter_context(start_runtime(DAGS, env=base))
@@ -77,7 +80,7 @@ def main() -> None:
         print(
             f"| {isolation} | p50, 1 conn (ms) | {on_['p50_ms']:.3f} | {off_['p50_ms']:.3f} | {on_['p50_ms'] / off_['p50_ms']:.3f}x |"
         )
-    print(f"\n{sys.argv[0]} --requests {args.requests} --rounds {args.rounds}")
+    print(f"\n{' '.join(sys.argv)}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ Two kinds of figures:
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -27,14 +30,18 @@ from typing import Any
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
-    Counter,
-    Histogram,
     ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from airflow_provider_knative import protocol
 from airflow_provider_knative.runtime import invoke
@@ -102,67 +109,48 @@ def workload_outcome(events: list[dict[str, Any]], stop_reason: str) -> str:
     return "stopped" if stop_reason else "exited"
 
 
+class _Histogram:
+    """Counts per bucket (not cumulative) and the sum: the plain numbers of one histogram series."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1  # the first bound >= seconds
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative ``(le, count)`` pairs, as the exposition format wants them."""
+        bounds = [*(floatToGoString(b) for b in DURATION_BUCKETS), "+Inf"]
+        return list(zip(bounds, itertools.accumulate(self.counts), strict=True))
+
+
 class RuntimeMetrics:
-    """The runtime's metrics, in a registry of their own (see the module docstring)."""
+    """The runtime's metrics, in a registry of their own (see the module docstring).
+
+    Why not ``prometheus_client``'s ``Counter`` and ``Histogram`` objects on the hot path: each
+    observation takes its own lock and walks the buckets, and a call makes up to eight of them;
+    measured on a no-op call with thread isolation that cost 27 us of server CPU (a fifth of the
+    call). Here one call's figures are added to plain numbers under one lock, and the library
+    renders them (types, names, ``_bucket``/``_sum``/``_count``, escaping) when Prometheus scrapes.
+    """
 
     def __init__(self) -> None:
         disable_created_metrics()  # no ``*_created`` series: this process's start time is enough
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)  # CPU seconds, resident memory, open files
-        self.calls = Counter(
-            f"{PREFIX}_invocations",
-            "POST /invoke requests answered, by function and outcome (ok, error, rejected, unavailable, joined)",
-            ("function", "outcome"),
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            f"{PREFIX}_invocation_duration_seconds",
-            "Seconds from the whole request being read to the answer, for calls that ran here",
-            ("function",),
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self.phases = Histogram(
-            f"{PREFIX}_invocation_phase_seconds",
-            "Where a call's time went: queued (waiting for a slot), fetch (arguments by reference), "
-            "function, spill (encoding and spilling the result)",
-            ("function", "phase"),
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self.fetched = Counter(
-            f"{PREFIX}_fetched_bytes",
-            "Bytes of arguments passed by reference and fetched from the store",
-            ("function",),
-            registry=self.registry,
-        )
-        self.spilled = Counter(
-            f"{PREFIX}_spilled_bytes",
-            "Bytes of results spilled to the store (returned as references)",
-            ("function",),
-            registry=self.registry,
-        )
-        self.workloads = Counter(
-            f"{PREFIX}_workloads",
-            "Airflow tasks (the KnativeExecutor's workloads) this replica started, by how they ended",
-            ("outcome",),
-            registry=self.registry,
-        )
-        self.workload_duration = Histogram(
-            f"{PREFIX}_workload_duration_seconds",
-            "Seconds from a workload's start to its supervisor's exit",
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        #: labelled children, looked up once per label set (``labels()`` takes a lock and validates)
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children.setdefault(key, metric.labels(*labels))
-        return child
+        self._lock = threading.Lock()
+        self._calls: dict[tuple[str, str], int] = {}
+        self._durations: dict[str, _Histogram] = {}
+        self._phases: dict[tuple[str, str], _Histogram] = {}
+        self._fetched: dict[str, int] = {}
+        self._spilled: dict[str, int] = {}
+        self._workloads: dict[str, int] = {}
+        self._workload_duration = _Histogram()
+        self.registry.register(_EventCollector(self))
 
     def watch(self, read: Callable[[], Mapping[str, Any]]) -> None:
         """Report the runtime's state, as ``read()`` gives it at each scrape (see :class:`_StateCollector`)."""
@@ -170,34 +158,119 @@ class RuntimeMetrics:
 
     def call_ended(self, function: str, outcome: invoke.Outcome) -> None:
         """One ``POST /invoke`` answered (worker thread, right after ``invoke.handle``)."""
-        self._child(self.calls, function, call_outcome(outcome)).inc()
+        key = (function, call_outcome(outcome))
         phases = outcome.phases
-        if phases is None:  # refused before it ran, or joined another request's call
-            return
         now = time.time()
-        if phases.arrived:
-            self._child(self.duration, function).observe(max(0.0, now - phases.arrived))
-            self._child(self.phases, function, "queued").observe(max(0.0, phases.started - phases.arrived))
-        for phase, (start, end) in (
-            ("fetch", phases.fetch),
-            ("function", phases.call),
-            ("spill", phases.spill),
-        ):
-            if start:
-                self._child(self.phases, function, phase).observe(max(0.0, end - start))
-        if phases.fetched_bytes:
-            self._child(self.fetched, function).inc(phases.fetched_bytes)
-        if phases.spilled_bytes:
-            self._child(self.spilled, function).inc(phases.spilled_bytes)
+        with self._lock:
+            self._calls[key] = self._calls.get(key, 0) + 1
+            if phases is None:  # refused before it ran, or joined another request's call
+                return
+            if phases.arrived:
+                _histogram(self._durations, function).observe(max(0.0, now - phases.arrived))
+                _histogram(self._phases, (function, "queued")).observe(
+                    max(0.0, phases.started - phases.arrived)
+                )
+            for phase, (start, end) in (
+                ("fetch", phases.fetch),
+                ("function", phases.call),
+                ("spill", phases.spill),
+            ):
+                if start:
+                    _histogram(self._phases, (function, phase)).observe(max(0.0, end - start))
+            if phases.fetched_bytes:
+                self._fetched[function] = self._fetched.get(function, 0) + phases.fetched_bytes
+            if phases.spilled_bytes:
+                self._spilled[function] = self._spilled.get(function, 0) + phases.spilled_bytes
 
     def workload_ended(self, events: list[dict[str, Any]], stop_reason: str, seconds: float) -> None:
         """A workload this replica started has ended (on the event loop, when its process exits)."""
-        self._child(self.workloads, workload_outcome(events, stop_reason)).inc()
-        self.workload_duration.observe(max(0.0, seconds))
+        outcome = workload_outcome(events, stop_reason)
+        with self._lock:
+            self._workloads[outcome] = self._workloads.get(outcome, 0) + 1
+            self._workload_duration.observe(max(0.0, seconds))
 
     def exposition(self) -> bytes:
         """The text exposition format Prometheus scrapes."""
         return generate_latest(self.registry)
+
+    def families(self) -> Iterator[Metric]:
+        """The event metrics as they stand (a consistent copy, taken under the lock)."""
+        with self._lock:
+            calls = dict(self._calls)
+            durations = {k: (v.buckets(), v.total) for k, v in self._durations.items()}
+            phases = {k: (v.buckets(), v.total) for k, v in self._phases.items()}
+            fetched, spilled, workloads = dict(self._fetched), dict(self._spilled), dict(self._workloads)
+            workload_duration = (self._workload_duration.buckets(), self._workload_duration.total)
+        yield _counter(
+            "invocations",
+            "POST /invoke requests answered, by function and outcome (ok, error, rejected, unavailable, joined)",
+            ("function", "outcome"),
+            calls,
+        )
+        duration = HistogramMetricFamily(
+            f"{PREFIX}_invocation_duration_seconds",
+            "Seconds from the whole request being read to the answer, for calls that ran here",
+            labels=("function",),
+        )
+        for function, (buckets, total) in sorted(durations.items()):
+            duration.add_metric((function,), buckets, total)
+        yield duration
+        phase = HistogramMetricFamily(
+            f"{PREFIX}_invocation_phase_seconds",
+            "Where a call's time went: queued (waiting for a slot), fetch (arguments by reference), "
+            "function, spill (encoding and spilling the result)",
+            labels=("function", "phase"),
+        )
+        for labels, (buckets, total) in sorted(phases.items()):
+            phase.add_metric(labels, buckets, total)
+        yield phase
+        yield _counter(
+            "fetched_bytes",
+            "Bytes of arguments passed by reference and fetched from the store",
+            ("function",),
+            {(k,): v for k, v in fetched.items()},
+        )
+        yield _counter(
+            "spilled_bytes",
+            "Bytes of results spilled to the store (returned as references)",
+            ("function",),
+            {(k,): v for k, v in spilled.items()},
+        )
+        yield _counter(
+            "workloads",
+            "Airflow tasks (the KnativeExecutor's workloads) this replica started, by how they ended",
+            ("outcome",),
+            {(k,): v for k, v in workloads.items()},
+        )
+        histogram = HistogramMetricFamily(
+            f"{PREFIX}_workload_duration_seconds", "Seconds from a workload's start to its supervisor's exit"
+        )
+        histogram.add_metric((), *workload_duration)
+        yield histogram
+
+
+def _histogram(series: dict[Any, _Histogram], key: Any) -> _Histogram:
+    found = series.get(key)
+    if found is None:
+        found = series[key] = _Histogram()
+    return found
+
+
+def _counter(name: str, documentation: str, labels: tuple[str, ...], values: Mapping[Any, float]) -> Metric:
+    family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(key, value)
+    return family
+
+
+class _EventCollector(Collector):
+    """The counters and histograms of :class:`RuntimeMetrics`, rendered at scrape time."""
+
+    def __init__(self, metrics: RuntimeMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self.metrics.families()
 
 
 class _StateCollector(Collector):
