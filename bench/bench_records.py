@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import sys
@@ -114,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="bench-records-"))
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    os.environ.update(credentials)  # moto accepts any; boto3 wants some
     with ExitStack() as stack:
         moto = stack.enter_context(running_moto_server())
         import boto3
@@ -122,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         common = {
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__KNATIVE__XCOM_STORE_URL": "",
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1",
+            **credentials,
         }
         file_store = (home / "store").as_uri()
         configs = {

@@ -378,9 +378,7 @@ def _journal(limits: Limits, ctx: CallContext) -> livelog.Journal | None:
     store = (claimer.book, claimer.call, claimer.attempt) if claimer is not None and claimer.claimed else None
     if ctx.on_text is None and store is None:
         return None
-    journal = livelog.Journal(limits.log_max_bytes, on_text=ctx.on_text, store=store)
-    livelog.FLUSHER.add(journal)
-    return journal
+    return livelog.Journal(limits.log_max_bytes, on_text=ctx.on_text, store=store)
 
 
 def settle(claimer: claims.Claimer, outcome: Outcome) -> Outcome:

@@ -61,10 +61,14 @@ class Journal:
     _cut: bool = False
     _last_store: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _flushed_by_thread: bool = False
 
     def write(self, text: str) -> None:
         if not text:
             return
+        if not self._flushed_by_thread:  # a call that prints nothing costs no thread
+            self._flushed_by_thread = True
+            FLUSHER.add(self)
         with self._lock:
             if self._cut:
                 return
@@ -117,7 +121,8 @@ class Flusher:
                 self._thread.start()
 
     def close(self, journal: Journal) -> None:
-        """Stop flushing ``journal`` and flush what is left of it, here and now."""
+        """Stop flushing ``journal`` (if its first output started that) and flush what is left
+        of it, here and now."""
         with self._lock:
             self._journals.discard(journal)
         journal.flush(final=True)
