@@ -311,12 +311,15 @@ class RuntimeApp:
         if not streams.accepts_frames(headers):
             await self._respond(send, await self._resolved(run))
             return
-        # a client that shows the output as it happens: frames once the function begins here;
-        # a duplicate follows the run it joined; a refusal is answered as usual
-        began = asyncio.ensure_future(live.began.wait())
-        await asyncio.wait({run, began}, return_when=asyncio.FIRST_COMPLETED)
-        began.cancel()
-        if live.began.is_set():
+        # a client that shows the output as it happens: frames once the function running here
+        # prints (or has run a while); a duplicate follows the run it joined; a call that ends
+        # silently before that, or is refused, is answered as usual
+        await asyncio.wait({run}, timeout=streams.QUICK_SECONDS)  # most calls end here: no cost
+        if not run.done():
+            worth = asyncio.ensure_future(live.worth_streaming(streams.QUIET_SECONDS))
+            await asyncio.wait({run, worth}, return_when=asyncio.FIRST_COMPLETED)
+            worth.cancel()
+        if not run.done():
             await streams.follow_live(send, live, self._answer(self._resolved(run)))
             return
         outcome = run.result()

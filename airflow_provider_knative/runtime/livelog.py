@@ -149,6 +149,8 @@ class LiveLog:
     ended: bool = False
     #: set when the function begins: a streaming client then gets frames, not a plain answer
     began: asyncio.Event = field(default_factory=asyncio.Event)
+    #: set by the first piece of output
+    spoke: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     #: when it ended (monotonic), for the registry's retention
     ended_at: float = 0.0
@@ -162,11 +164,22 @@ class LiveLog:
             return
         self.pieces.append((offset, text))
         self.size += _size(text)
+        self.spoke.set()
         self._wake()
 
     def start(self) -> None:
         """From any thread: the function begins."""
         self.loop.call_soon_threadsafe(self.began.set)
+
+    async def worth_streaming(self, quiet: float) -> None:
+        """Returns once the call has output to stream, or ran ``quiet`` seconds without any: a
+        call that ends before either is answered plainly (streaming it would cost more than it
+        shows), a long silent one gets its response started (proxies wait for a first byte)."""
+        await self.began.wait()
+        try:
+            await asyncio.wait_for(self.spoke.wait(), quiet)
+        except TimeoutError:
+            pass
 
     def end(self) -> None:
         """On the loop: no more output will come."""

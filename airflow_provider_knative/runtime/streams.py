@@ -29,6 +29,12 @@ Answer = tuple[int, bytes, str]
 
 #: how often a follower looks at the record of a call another replica runs
 RECORD_POLL_SECONDS = 0.5
+#: a call running here that has printed nothing gets its frames response started after this
+#: long: Knative's queue-proxy and activator wait for a response's first byte only so long
+#: (``responseStartTimeoutSeconds``), and a silent quick call is cheaper answered plainly
+QUIET_SECONDS = 10.0
+#: a call that ends within this long is answered plainly without looking at its output at all
+QUICK_SECONDS = 0.05
 
 
 def accepts_frames(headers: dict[str, str]) -> bool:
