@@ -27,10 +27,9 @@ from typing import Any
 
 import requests
 import urllib3
-from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowNotFoundException
 
-from airflow_provider_knative import config
+from airflow_provider_knative import airflow_compat, config, versions
+from airflow_provider_knative.airflow_compat import AirflowNotFoundException, BaseHook
 from airflow_provider_knative.connection import (
     UI_FIELD_BEHAVIOUR,
     ServiceSettings,
@@ -221,6 +220,13 @@ class KnativeHook(BaseHook):
         """Relabel the standard form fields (Airflow < 3.2 reads this; newer reads provider info)."""
         return UI_FIELD_BEHAVIOUR
 
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The form's extra fields (Airflow < 3.2 reads this; newer reads provider info)."""
+        from airflow_provider_knative.connection import connection_type_info
+
+        return airflow_compat.connection_form_widgets(connection_type_info()["conn-fields"])
+
     @property
     def settings(self) -> ServiceSettings:
         """Connection merged over ``[knative]``, read once per hook (sync callers)."""
@@ -298,7 +304,9 @@ class KnativeHook(BaseHook):
                 f"cannot reach {url}: {type(exc).__name__}: {_short(exc)}. Check the connection's URL "
                 f"template, that the service exists (airflow-knative status), and the network path"
             )
-        return _readiness(url, raw.status_code, raw.headers.get("Content-Type", ""), raw.content)
+        ok, message = _readiness(url, raw.status_code, raw.headers.get("Content-Type", ""), raw.content)
+        skew = versions.version_skew(raw.headers.get(versions.RUNTIME_VERSION_HEADER))
+        return ok, f"{message}; {skew}" if skew else message
 
     # ------------------------------------------------------------------ the call, sync and async
     # Both loops only drive invoker.call_flow, which makes every decision; they differ in the

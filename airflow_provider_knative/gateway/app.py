@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from airflow_provider_knative import config
+from airflow_provider_knative import airflow_compat, config
 from airflow_provider_knative.gateway import results
 
 MAX_TIMEOUT_SECONDS = 3600.0
@@ -116,8 +116,7 @@ def _trigger(dag_id: str, body: RunWorkflowBody, user: BaseUser) -> str:
                 triggered_by=DagRunTriggeredByType.REST_API,
                 triggering_user_name=user.get_name(),
                 state=DagRunState.QUEUED,
-                partition_key=params["partition_key"],
-                partition_date=params["partition_date"],
+                **airflow_compat.create_dagrun_partition_kwargs(params),
                 session=session,
             )
         except (ParamValidationError, ValueError) as exc:

@@ -6,7 +6,8 @@ or task logs, so the gateway calls them in a worker thread, never on the event l
 The result task is, in order:
 1. the task whose ``return_value`` XCom Airflow flagged ``dag_result`` — the task SDK sets it
    for the task a ``@dag`` function returns, for ``@result`` and for ``dag.add_result(...)``
-   (the flag is not in the serialized DAG, only on the XCom row, so it is read after the run);
+   (the flag is not in the serialized DAG, only on the XCom row, so it is read after the run;
+   Airflow 3.3+: older versions flag nothing, so rule 2 decides there);
 2. else the single leaf task (no downstream tasks) of the DAG;
 3. several leaves and no flag is ambiguous: an error that lists the leaves and says how to
    mark one.
@@ -27,6 +28,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from airflow_provider_knative import airflow_compat
 from airflow_provider_knative.errors import ResultLookupError
 
 TASK_ERROR_MAX_CHARS = 2000
@@ -104,7 +106,8 @@ def result_output(session: Session, dag: Any, dag_id: str, run_id: str) -> tuple
     base = select(XComModel.task_id, XComModel.map_index, XComModel.value).where(
         XComModel.dag_id == dag_id, XComModel.run_id == run_id, XComModel.key == XCOM_RETURN_KEY
     )
-    rows = session.execute(base.where(XComModel.dag_result.is_(True))).all()
+    flagged = airflow_compat.xcom_dag_result_column()  # None before 3.3: the leaf rule alone
+    rows = session.execute(base.where(flagged.is_(True))).all() if flagged is not None else []
     if rows:
         task_id = rows[0].task_id
         rows = [r for r in rows if r.task_id == task_id]
