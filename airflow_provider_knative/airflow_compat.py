@@ -342,6 +342,12 @@ def run_task_workload(workload: Any, *, server: str | None, proctitle: str) -> i
     )
 
 
+def hook_field_behaviour(provider_info_behaviour: Mapping[str, Any]) -> dict[str, Any]:
+    """Provider info's ``ui-field-behaviour`` in the hook API's spelling (``hidden_fields``, as
+    ``get_ui_field_behaviour`` must return it on Airflow < 3.2, which validates it)."""
+    return {key.replace("-", "_"): value for key, value in provider_info_behaviour.items()}
+
+
 def connection_form_widgets(fields: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The connection form as Airflow < 3.2 builds it: wtforms fields from provider info's
     ``conn-fields`` (``KnativeHook.get_connection_form_widgets``). The UI's hook-meta service

@@ -218,7 +218,7 @@ class KnativeHook(BaseHook):
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Relabel the standard form fields (Airflow < 3.2 reads this; newer reads provider info)."""
-        return UI_FIELD_BEHAVIOUR
+        return airflow_compat.hook_field_behaviour(UI_FIELD_BEHAVIOUR)
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
