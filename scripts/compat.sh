@@ -22,7 +22,7 @@ install_one() {
   [ -x "$venv/bin/python" ] || "$UV" venv -q --python "${PYTHON:-python3}" "$venv"
   # the XCom backend alone on 3.0: the runtime extra needs the task SDK of 3.1+
   [ "$m" = 3.0 ] && extras=data,compat
-  VIRTUAL_ENV=$PWD/$venv "$UV" pip install -q --index-url https://pypi.org/simple \
+  VIRTUAL_ENV=$PWD/$venv "$UV" pip install -q \
     -c "constraints/airflow-$m.txt" "apache-airflow[postgres]==${PATCH[$m]}" -e ".[$extras]"
   echo "installed Airflow ${PATCH[$m]} in $venv in $((SECONDS - start)) s"
 }

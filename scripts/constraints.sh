@@ -40,7 +40,7 @@ for minor in "${@:-3.0 3.1 3.2 3.3}"; do
       echo "# (--exclude-newer: one day after apache-airflow $patch was uploaded), the way Airflow's release"
       echo "# constraints are made (uv, highest resolution, on release day). Use: pip install -c this-file ..."
       "$UV" pip compile --quiet --no-header --no-annotate --python-version 3.11 \
-        --exclude-newer "$cutoff" --index-url https://pypi.org/simple \
+        --exclude-newer "$cutoff" \
         pyproject.toml --extra data --extra kubernetes --extra checksums --extra runtime "$extra_reqs"
     } >"$out.tmp"
     mv "$out.tmp" "$out"

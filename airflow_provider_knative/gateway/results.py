@@ -39,10 +39,19 @@ class AmbiguousResultError(ResultLookupError):
 
     def __init__(self, dag_id: str, leaves: list[str]) -> None:
         self.leaves = leaves
+        if airflow_compat.xcom_dag_result_column() is not None:
+            how = (
+                "return one task's output from the @dag function, decorate it with @result, or call "
+                "dag.add_result(task_output)"
+            )
+        else:  # nothing marks a DAG's result before Airflow 3.3
+            how = (
+                f"Airflow {airflow_compat.AIRFLOW_VERSION} cannot mark a DAG's result (Airflow 3.3 can): "
+                "give the DAG a single leaf task"
+            )
         super().__init__(
             f"DAG {dag_id!r} has {len(leaves)} leaf tasks ({', '.join(leaves)}) and none is marked as "
-            "its result: return one task's output from the @dag function, decorate it with @result, "
-            "or call dag.add_result(task_output)"
+            f"its result: {how}"
         )
 
 

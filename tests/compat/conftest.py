@@ -14,13 +14,6 @@ import pytest
 from airflow_provider_knative.versions import AIRFLOW_MINOR, minor_of
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "since_airflow(minor): needs that Airflow minor or newer")
-    config.addinivalue_line(
-        "markers", "before_airflow(minor): about a runtime of a newer minor than this Airflow's"
-    )
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []
     for item in items:
