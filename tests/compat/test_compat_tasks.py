@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import REPO
 from knative_dagrun import run_dag
@@ -142,7 +143,6 @@ def test_knative_operator_with_response_check_asking_for_ti(
 
 
 def test_runtime_serves_the_examples_and_names_its_airflow(runtime: RuntimeProcess) -> None:
-    import httpx
 
     answer = httpx.get(runtime.url + "/readyz", timeout=10)
     assert answer.status_code == 200
@@ -177,3 +177,28 @@ def test_connection_form_as_the_ui_gets_it() -> None:
         assert field in extra, sorted(extra)
     assert extra["test_service"]["schema"]["title"] == "Service for the Test button"
     assert knative.standard_fields is not None and knative.standard_fields.password.title == "Signing secret"
+
+
+@pytest.mark.before_airflow("3.3")
+def test_a_runtime_of_a_newer_airflow_is_named_by_the_test_button_and_the_executor(
+    airflow_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real runtime from the full suite's venv (Airflow 3.3) under this older Airflow."""
+    from airflow_provider_knative.executors import skew
+    from airflow_provider_knative.hooks import KnativeHook
+
+    newer = REPO / ".venv" / "bin" / "python"
+    assert newer.exists(), "the full suite's venv (.venv, Airflow 3.3) is needed: scripts/test.sh makes it"
+    with start_runtime(EXAMPLES, env={"AIRFLOW_HOME": str(tmp_path)}, python=newer, timeout=120) as rt:
+        header = httpx.get(rt.url + "/healthz", timeout=10).headers[versions.RUNTIME_VERSION_HEADER]
+        theirs = versions.parse_version_header(header)["airflow"]
+        assert versions.minor_of(theirs) == (3, 3)
+        monkeypatch.setenv("AIRFLOW__KNATIVE__URL_TEMPLATE", rt.url)
+        ok, message = KnativeHook("knative_compat_skew").test_connection()
+        assert ok, message
+        assert f"version skew: the runtime runs Airflow {theirs}" in message
+        assert f"this Airflow is {versions.AIRFLOW_VERSION}" in message
+        with caplog.at_level("WARNING", logger=skew.__name__):
+            found = skew.check_runtime(KnativeHook("knative_compat_skew"), rt.url, key=None)
+        assert found is not None and "Execution API" in found and theirs in found
+        assert found in caplog.text
