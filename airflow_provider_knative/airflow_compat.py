@@ -276,10 +276,16 @@ def xcom_dag_result_column() -> Any | None:
     return XComModel.dag_result
 
 
-def bundle_dag_bag(dag_folder: str, bundle_path: Any) -> Any:
-    """Parse ``dag_folder`` as the dag-processor does (``BundleDagBag`` in 3.2+, ``DagBag`` before)."""
+def dag_bag_class() -> Any:
+    """The class that parses a DAG folder as the dag-processor does (``BundleDagBag`` in 3.2+,
+    ``DagBag`` before); importing it imports Airflow's DAG-processing modules."""
     row = difference("BundleDagBag")
-    return _resolve(row.new if row.applies() else row.old)(dag_folder=dag_folder, bundle_path=bundle_path)
+    return _resolve(row.new if row.applies() else row.old)
+
+
+def bundle_dag_bag(dag_folder: str, bundle_path: Any) -> Any:
+    """Parse ``dag_folder`` as the dag-processor does (see :func:`dag_bag_class`)."""
+    return dag_bag_class()(dag_folder=dag_folder, bundle_path=bundle_path)
 
 
 def workload_delivery_id(workload: Any) -> str | None:

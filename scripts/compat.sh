@@ -18,7 +18,7 @@ UV=${UV:-.venv/bin/uv}
 mkdir -p .compat
 
 install_one() {
-  local m=$1 venv=.compat/$1 start=$SECONDS extras=data,runtime,compat
+  local m=$1 venv=.compat/$1 start=$SECONDS extras=data,runtime,kubernetes,compat
   [ -x "$venv/bin/python" ] || "$UV" venv -q --python "${PYTHON:-python3}" "$venv"
   # the XCom backend alone on 3.0: the runtime extra needs the task SDK of 3.1+
   [ "$m" = 3.0 ] && extras=data,compat

@@ -162,11 +162,16 @@ def _quiet_parse() -> Iterator[Callable[..., Any]]:
     reported by us, once."""
     saved = os.environ.get(_LEVELS_VAR)
     if "airflow" not in sys.modules:  # Airflow configures its structlog levels at first import
-        os.environ[_LEVELS_VAR] = ",".join(filter(None, [saved, "airflow.dag_processing=critical"]))
+        os.environ[_LEVELS_VAR] = ",".join(
+            filter(None, [saved, "airflow.dag_processing=critical", "alembic=warning"])
+        )
     try:
         from airflow_provider_knative import airflow_compat
 
         airflow_compat.require("manifests, deploy, status and xcom-cleanup")
+        # Airflow 3.2's DAG bag imports alembic, whose plugin set-up logs at INFO to stdout
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        dag_bag = airflow_compat.dag_bag_class()  # imported while Airflow's logging is quieted
     finally:
         if saved is None:
             os.environ.pop(_LEVELS_VAR, None)
@@ -177,7 +182,7 @@ def _quiet_parse() -> Iterator[Callable[..., Any]]:
     stdlib_logger.setLevel(logging.CRITICAL)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            yield airflow_compat.bundle_dag_bag
+            yield dag_bag
     finally:
         stdlib_logger.setLevel(level)
 

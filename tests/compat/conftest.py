@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 #: modules that are about features of a newer minor as a whole (they import what only it has)
-SINCE = {"test_compat_tasks.py": (3, 1)}
+SINCE = {"test_compat_tasks.py": (3, 1), "test_compat_deploy.py": (3, 1)}
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
