@@ -259,6 +259,25 @@ def __getattr__(name: str) -> Any:
 # ---------------------------------------------------------------------------- behaviours
 
 
+def connection_missing(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by ``BaseHook.get_connection``/``aget_connection``, means "there is no
+    such connection".
+
+    ``AirflowNotFoundException`` on every version. Early 3.1 task SDKs (1.1.0 at least; 1.1.8
+    raises ``AirflowNotFoundException``) end a lookup that no secrets backend answered by
+    importing the task runner's ``SUPERVISOR_COMMS``, which only a task process has: outside one
+    (the scheduler running the KnativeExecutor) that is an ``ImportError`` naming it.
+    """
+    if isinstance(exc, _resolve(_row_path("AirflowNotFoundException"))):
+        return True
+    return isinstance(exc, ImportError) and "SUPERVISOR_COMMS" in str(exc) and AIRFLOW_MINOR == (3, 1)
+
+
+def _row_path(key: str) -> str:
+    row = difference(key)
+    return row.new if row.applies() else row.old
+
+
 def create_dagrun_partition_kwargs(params: Mapping[str, Any]) -> dict[str, Any]:
     """The partition arguments of ``create_dagrun`` this Airflow takes, from the trigger
     body's validated context (3.2 added ``partition_key``, 3.3 ``partition_date``)."""

@@ -29,7 +29,7 @@ import requests
 import urllib3
 
 from airflow_provider_knative import airflow_compat, config, versions
-from airflow_provider_knative.airflow_compat import AirflowNotFoundException, BaseHook
+from airflow_provider_knative.airflow_compat import BaseHook
 from airflow_provider_knative.connection import (
     UI_FIELD_BEHAVIOUR,
     ServiceSettings,
@@ -233,7 +233,9 @@ class KnativeHook(BaseHook):
         if self._settings is None:
             try:
                 connection = self.get_connection(self.knative_conn_id)
-            except AirflowNotFoundException:
+            except Exception as exc:
+                if not airflow_compat.connection_missing(exc):
+                    raise
                 connection = None  # config-only setups are normal
             self._settings = settings_from(connection)
         return self._settings
@@ -243,7 +245,9 @@ class KnativeHook(BaseHook):
         if self._settings is None:
             try:
                 connection = await self.aget_connection(self.knative_conn_id)
-            except AirflowNotFoundException:
+            except Exception as exc:
+                if not airflow_compat.connection_missing(exc):
+                    raise
                 connection = None
             self._settings = await asyncio.to_thread(settings_from, connection)
         return self._settings

@@ -82,3 +82,17 @@ def test_the_runtime_version_header_names_a_skew_of_minors() -> None:
     skew = versions.version_skew(f"airflow={newer}; task-sdk=9.9.9", executor=True)
     assert skew is not None and newer in skew and here in skew and "Execution API" in skew
     assert versions.version_skew(None) is None
+
+
+@pytest.mark.since_airflow("3.1")
+def test_a_missing_connection_outside_a_task_means_config_only(airflow_home) -> None:
+    """As in the scheduler (the KnativeExecutor): no task process, no such connection."""
+    import asyncio
+
+    from airflow_provider_knative.hooks import KnativeHook
+
+    assert KnativeHook("knative_compat_missing").settings.url_template
+    assert asyncio.run(KnativeHook("knative_compat_missing").asettings()).url_template
+    assert airflow_compat.connection_missing(airflow_compat.AirflowNotFoundException("no"))
+    assert not airflow_compat.connection_missing(ImportError("cannot import name 'something_else'"))
+    assert not airflow_compat.connection_missing(ValueError("SUPERVISOR_COMMS"))
