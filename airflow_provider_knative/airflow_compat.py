@@ -308,10 +308,11 @@ def bundle_dag_bag(dag_folder: str, bundle_path: Any) -> Any:
 
 
 def workload_delivery_id(workload: Any) -> str | None:
-    """The id Airflow 3.2+ pre-assigns to this QUEUED transition, or None (3.1)."""
+    """The id Airflow 3.2+ pre-assigns to this QUEUED transition, or None (3.1, and 3.2.0, whose
+    scheduler pre-assigns it but whose workload does not carry it yet)."""
     if not difference("pre-assigned external executor id").applies():
         return None
-    return workload.ti.external_executor_id
+    return getattr(workload.ti, "external_executor_id", None)
 
 
 def workload_display_name(workload: Any) -> str:
