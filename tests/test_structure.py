@@ -48,6 +48,7 @@ DATA_LAYER = [
     "functions",
     "config",
     "preview",
+    "versions",
 ]
 
 
