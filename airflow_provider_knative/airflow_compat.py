@@ -178,7 +178,8 @@ DIFFERENCES: tuple[Difference, ...] = (
         (3, 2),
         "airflow.executors.base_executor:BaseExecutor.pre_assigns_external_executor_id",
         "the executor makes a delivery id per queued workload",
-        "the KnativeExecutor's delivery id (each QUEUED transition has its own)",
+        "the KnativeExecutor's delivery id (each QUEUED transition has its own); 3.2.0 lacks it "
+        "(3.2.2 has it), so the executor reads it only when the workload carries it",
     ),
     Difference(
         "run_workload",
