@@ -19,8 +19,9 @@ from typing import Any
 import httpx
 import pytest
 from conftest import REPO
-from knative_dagrun import run_dag, xcom_value
+from knative_dagrun import run_dag
 from runtime_process import RuntimeProcess, start_runtime
+from test_decorators import test_local_mode_runs_the_dag_in_process  # noqa: F401 - local mode, here too
 from test_operators_options import json_service  # noqa: F401 - a fixture
 
 from airflow_provider_knative import versions
@@ -140,18 +141,6 @@ def test_knative_operator_with_response_check_asking_for_ti(
     assert "response_check saw HTTP 200, x-run=templated, ti=True" in out  # determine_kwargs gave ti
     if mode == "deferred":
         assert "Deferring the call to" in out
-
-
-def test_local_mode_runs_knative_tasks_in_the_task_process(
-    airflow_home: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("AIRFLOW__KNATIVE__LOCAL_MODE", "true")
-    monkeypatch.setenv("AIRFLOW__KNATIVE__URL_TEMPLATE", "http://127.0.0.1:9")  # never called
-    run = run_dag("knative_average", conf={"data": [1, 2, 3, 4, 5]})
-    out = capfd.readouterr().out
-    assert str(run.state) == "success", out[-4000:]
-    assert xcom_value(run, "compute_avg") == 3.0
-    assert "Running knative_average/compute_avg locally" in out
 
 
 def test_runtime_serves_the_examples_and_names_its_airflow(runtime: RuntimeProcess) -> None:
