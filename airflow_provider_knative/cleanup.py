@@ -9,6 +9,10 @@ the configured store, collects every reference still held by a row of the ``xcom
 nobody references that are older than ``--min-age-seconds``, so an object that was just
 uploaded and whose row is not written yet is left alone (a deferred call's bodies live no
 longer than the call).
+
+The record of every call (``_records/``: claims, leases, outcomes) is not an XCom: it is
+removed whole, one call at a time, once nothing in it has changed for ``[knative]
+record_retention_seconds`` (a running call renews its lease, so its record is never old).
 """
 
 from __future__ import annotations
@@ -17,6 +21,16 @@ import argparse
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+from airflow_provider_knative import config
+from airflow_provider_knative.store import (
+    SUFFIX,
+    ListedObject,
+    ObjectStore,
+    StoreError,
+    open_store,
+    record_of,
+)
 
 #: objects younger than this are never deleted (an upload whose row is not written yet, a
 #: result on its way back from a Knative function)
@@ -107,13 +121,22 @@ def xcom_values() -> Iterator[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from airflow_provider_knative.store import SUFFIX, StoreError, open_store
 
     target = open_store(args.store_url)
     now = time.time()
     # list the store first: an object written after this point cannot be deleted by this
     # run, and its row, written before or after, is not needed to keep it
-    candidates = [o for o in target.list() if o.url.endswith(SUFFIX)]
+    listed = [o for o in target.list() if o.url.endswith(SUFFIX)]
+    calls: dict[str, list[ListedObject]] = {}
+    candidates = []
+    for obj in listed:
+        folder = record_of(target.key_of(obj.url))
+        if folder is None:
+            candidates.append(obj)
+        else:
+            calls.setdefault(folder, []).append(obj)
+    expired = _expired_records(calls, now, float(config.get("record_retention_seconds")))
+    records_failed = _delete(target, expired, args.dry_run)
     live = referenced_urls(xcom_values())
     deleted = kept_young = failed = 0
     freed = 0
@@ -142,4 +165,33 @@ def run(args: argparse.Namespace) -> int:
         f"{kept_young} unreferenced but younger than {args.min_age_seconds:g} s kept"
         + (f", {failed} could not be deleted" if failed else "")
     )
-    return 1 if failed else 0
+    print(
+        f"records of calls: {len(calls)}, {len({record_of(target.key_of(o.url)) for o in expired})} "
+        f"unchanged for [knative] record_retention_seconds {'to delete' if args.dry_run else 'deleted'}"
+        + (f", {records_failed} objects could not be deleted" if records_failed else "")
+    )
+    return 1 if failed or records_failed else 0
+
+
+def _expired_records(
+    calls: dict[str, list[ListedObject]], now: float, retention: float
+) -> list[ListedObject]:
+    """The objects of every call record in which nothing changed for ``retention`` seconds."""
+    return [
+        obj for parts in calls.values() if now - max(o.modified for o in parts) >= retention for obj in parts
+    ]
+
+
+def _delete(target: ObjectStore, objects: list[ListedObject], dry_run: bool) -> int:
+    """Delete ``objects`` (or say what would go); the number that could not be deleted."""
+    failed = 0
+    for obj in objects:
+        if dry_run:
+            print(f"would delete {obj.url} (record of a call)")
+            continue
+        try:
+            target.delete(obj.url)
+        except StoreError as exc:
+            print(f"failed to delete {obj.url}: {exc}")
+            failed += 1
+    return failed

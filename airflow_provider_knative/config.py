@@ -221,13 +221,31 @@ OPTIONS: dict[str, Option] = {
         Option(
             "isolation",
             str,
-            "thread",
-            "How the runtime runs each call: thread (in a worker thread of the server: fastest, but "
-            "calls share module globals, the working directory, signal handlers and the GIL, and a "
-            "crash takes down the pod) or process (each call in a process of its own, forked from a "
-            "process that imported the DAG folder once: nothing leaks between calls, CPU-bound calls "
-            "use every core, a crash fails only its own call).",
+            "process",
+            "How the runtime runs each call: process (each call in a process of its own, forked from "
+            "a process that imported the DAG folder once, as Airflow runs each task: nothing leaks "
+            "between calls, CPU-bound calls use every core, a crash fails only its own call, a cancel "
+            "stops it) or thread (in a worker thread of the server: faster, for functions known to be "
+            "re-entrant; calls share module globals, the working directory, signal handlers and the "
+            "GIL, a crash takes down the pod, and a cancelled call runs on to its end).",
             choices=("thread", "process"),
+        ),
+        Option(
+            "record_lease_seconds",
+            float,
+            30.0,
+            "The runtime keeps a record of every call in the store (xcom_store_url, when it is set): "
+            "the replica running a call renews a lease on it six times per this period. A call whose "
+            "lease is older than this is abandoned (its pod is gone): a definite failure, reported to "
+            "whoever asks. Pods' clocks must agree to well within it.",
+        ),
+        Option(
+            "record_retention_seconds",
+            float,
+            86400.0,
+            "airflow-knative xcom-cleanup removes the record of a call (its claim, lease and outcome "
+            "in the store's _records/ folder) once it has not changed for this long. Keep it longer "
+            "than any call and any triggerer outage, so a restored trigger still finds the outcome.",
         ),
         # --- KnativeExecutor ---------------------------------------------------------------
         Option(

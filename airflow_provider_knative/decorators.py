@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, cast
 
 import attr
@@ -28,10 +28,9 @@ from airflow.sdk.bases.decorator import DecoratedMappedOperator, DecoratedOperat
 from airflow_provider_knative import codec, config, functions, protocol, walk
 from airflow_provider_knative.airflow_compat import KNOWN_CONTEXT_KEYS, AirflowException, KnativeTaskDecorator
 from airflow_provider_knative.errors import KnativeError, RemoteFunctionError
-from airflow_provider_knative.invoker import Request, Response, read_result
+from airflow_provider_knative.invoker import Request, Response, read_result, timing_line
 from airflow_provider_knative.operators import KnativeOperator, airflow_errors
-
-REMOTE_LOG_END = "---- end of remote logs ----"
+from airflow_provider_knative.remote_output import REMOTE_LOG_END, RemoteOutput, opening
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +78,49 @@ def _remote_context(context: Mapping[str, Any], dag_id: str, task_id: str) -> di
     }
 
 
-def _check_context_parameters(fn: Callable[..., Any], op_kwargs: Mapping[str, Any]) -> None:
-    """Refuse, at parse time, a context parameter the function could never receive remotely."""
+def _check_context_parameters(fn: Callable[..., Any], supplied: Collection[str]) -> None:
+    """Refuse, at parse time, a context parameter the function could never receive remotely.
+
+    ``supplied``: the argument names the DAG passes, which a context value never overrides.
+    """
     allowed = functions.CONTEXT_PARAMETERS
-    for name in inspect.signature(fn).parameters:
-        if name in KNOWN_CONTEXT_KEYS and name not in allowed and name not in op_kwargs:
+    for name, param in inspect.signature(fn).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue  # **kwargs gets what crosses; a lookup of the rest fails saying so
+        if name in KNOWN_CONTEXT_KEYS and name not in allowed and name not in supplied:
             raise ValueError(
                 f"{fn.__name__}() takes the Airflow context value {name!r}, but a @task.knative "
-                f"function runs inside a Knative Service, outside Airflow: it can receive only "
-                f"{', '.join(allowed)} from the context. Compute {name!r} in an "
-                f"upstream task and pass it as an argument, or rename the parameter."
+                f"function runs inside a Knative Service, outside Airflow, and the context object "
+                f"stays in Airflow: it can receive only {', '.join(allowed)} from the context. "
+                f"Compute {name!r} in an upstream task and pass it as an argument, or rename the "
+                f"parameter."
             )
+
+
+def _mapped_argument_names(expand_input: Any) -> Collection[str] | None:
+    """The argument names ``.expand()``/``.expand_kwargs()`` gives every mapped task, or None
+    when they are known only at run time (``.expand_kwargs()`` of an upstream result)."""
+    value = expand_input.value
+    if isinstance(value, Mapping):  # .expand(name=...)
+        return set(value)
+    if isinstance(value, Sequence) and value and all(isinstance(item, Mapping) for item in value):
+        return set.intersection(*(set(item) for item in value))  # .expand_kwargs([{...}, ...])
+    return None
+
+
+@attr.define(slots=False)
+class _KnativeTaskDecorator(KnativeTaskDecorator):
+    """``@task.knative``'s decorator: ``.expand()`` refuses a context parameter at parse time too.
+
+    Airflow builds a mapped task's operator only when each mapped task runs, so the check the
+    operator makes for a plain task would otherwise fail every mapped task instead of the DAG.
+    """
+
+    def _expand(self, expand_input: Any, *, strict: bool) -> Any:
+        mapped = _mapped_argument_names(expand_input)
+        if mapped is not None:
+            _check_context_parameters(self.function, {*(self.kwargs.get("op_kwargs") or {}), *mapped})
+        return super()._expand(expand_input, strict=strict)
 
 
 class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
@@ -169,16 +200,26 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
             headers_extra=self.request_headers(),
         )
 
+    def output_sink(self) -> RemoteOutput:
+        return RemoteOutput(self.log, self._where())
+
     def read_response(self, response: Response, url: str, context: Any) -> Any:
         try:
             result = read_result(response, url)
         except RemoteFunctionError as exc:
             self._emit_remote_logs(exc.result)  # type: ignore[arg-type]
+            self._log_timing(exc.result)  # type: ignore[arg-type]
             remote_type = getattr(getattr(exc.result, "error", None), "type", "")
+            what = (
+                "the call did not complete"  # the pod went away under it, or it was cancelled
+                if remote_type in protocol.POD_GONE_ERRORS or remote_type == protocol.CANCELLED
+                else "the function failed"
+            )
             raise KnativeFunctionError(
-                f"{self.task_id}: the function failed in {self._where()}: {exc}", remote_type
+                f"{self.task_id}: {what} in {self._where()}: {exc}", remote_type
             ) from None
         self._emit_remote_logs(result)
+        self._log_timing(result)
         value = result.value
         if isinstance(value, codec.ObjectRef) and (self.multiple_outputs or self._mapped_over()):
             # Airflow needs the dict (one XCom per key) or the list (to count and index it for
@@ -190,6 +231,13 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
             value = fetch(value)
         return value
 
+    def _log_timing(self, result: protocol.Result) -> None:
+        """The one line that says where the call's time went (this side's and the pod's)."""
+        if self.client_timing:
+            self.log.info(
+                "%s", timing_line(self.client_timing, result.timings, result.replica, self._where())
+            )
+
     def _mapped_over(self) -> bool:
         """Whether a downstream task maps over this task's result."""
         return next(iter(self.iter_mapped_dependants()), None) is not None
@@ -198,15 +246,14 @@ class _KnativeDecoratedOperator(DecoratedOperator, KnativeOperator):
         return self.service or self.url or "the service"
 
     def _emit_remote_logs(self, result: protocol.Result) -> None:
-        """Re-emit what the function logged or printed, fenced so it is not mistaken for ours."""
+        """What the function logged or printed, when it did not stream while the call ran
+        (an answer without frames), fenced so it is not mistaken for ours."""
         if not result.logs:
             return
         cut = " (truncated: [knative] log_max_bytes)" if result.logs_truncated else ""
         self.log.info(
-            "---- remote logs (%s, %.2f s)%s ----\n%s\n%s",
-            self._where(),
-            result.duration_seconds,
-            cut,
+            "%s\n%s\n%s",
+            opening(self._where(), f", {result.duration_seconds:.2f} s{cut}"),
             result.logs.rstrip("\n"),
             REMOTE_LOG_END,
         )
@@ -269,7 +316,7 @@ def knative_task(
     multiple = cast("bool", attr.NOTHING) if multiple_outputs is None else multiple_outputs
 
     def decorate(fn: Callable[..., Any]) -> Any:
-        return KnativeTaskDecorator(
+        return _KnativeTaskDecorator(
             function=fn,
             multiple_outputs=multiple,
             operator_class=_KnativeDecoratedOperator,

@@ -108,6 +108,15 @@ class ResultEncodingError(FunctionCallError, TypeError):
     """The function's return value cannot be encoded (the path and type are named)."""
 
 
+class ContextValueUnavailable(FunctionCallError, KeyError):
+    """A function read an Airflow context value from ``**kwargs`` that never crosses into the
+    service (``kwargs["ti"]``): the message names the values that do. A ``KeyError``, as the
+    bare lookup was, but one that says why and what to do instead."""
+
+    def __str__(self) -> str:  # KeyError's own shows the repr of its argument
+        return str(self.args[0]) if self.args else ""
+
+
 # ---------------------------------------------------------------------------- invocations (HTTP)
 
 

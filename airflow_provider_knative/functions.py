@@ -11,19 +11,78 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import linecache
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 from airflow_provider_knative import codec, protocol, spill, store
-from airflow_provider_knative.errors import ArgumentMismatch, ReferenceFetchError, ResultEncodingError
+from airflow_provider_knative.errors import (
+    ArgumentMismatch,
+    ContextValueUnavailable,
+    ReferenceFetchError,
+    ResultEncodingError,
+)
 
 #: the operator name Airflow records for a ``@task.knative`` task (``custom_operator_name``);
 #: the runtime's allowlist and ``deploy`` find the functions by it
 DECORATOR_NAME = "@task.knative"
 
-#: context keys handed to a function parameter of the same name when the caller did not pass it
+#: context values that cross into the service: a function parameter of the same name receives
+#: one when the caller did not pass it, and a function's ``**kwargs`` receives them all
 CONTEXT_PARAMETERS = ("dag_id", "task_id", "run_id", "map_index", "try_number", "params")
+
+#: Airflow's own context keys (``airflow.sdk.definitions.context.KNOWN_CONTEXT_KEYS``, Airflow 3.0
+#: to 3.3): the names a task function may look up in its ``**kwargs`` on an Airflow worker. Only
+#: CONTEXT_PARAMETERS among them cross; a lookup of any other one is answered with an error that
+#: says so. Written out because this module imports nothing from Airflow; tests/test_functions.py
+#: fails when an Airflow version adds a key.
+AIRFLOW_CONTEXT_KEYS = frozenset(
+    {
+        "asset_state_store",
+        "conn",
+        "dag",
+        "dag_run",
+        "data_interval_end",
+        "data_interval_start",
+        "ds",
+        "ds_nodash",
+        "exception",
+        "expanded_ti_count",
+        "inlet_events",
+        "inlets",
+        "logical_date",
+        "macros",
+        "map_index_template",
+        "outlet_events",
+        "outlets",
+        "params",
+        "partition_date",
+        "partition_key",
+        "prev_data_interval_end_success",
+        "prev_data_interval_start_success",
+        "prev_end_date_success",
+        "prev_start_date_success",
+        "reason",
+        "run_id",
+        "task",
+        "task_instance",
+        "task_instance_key_str",
+        "task_reschedule_count",
+        "task_state_store",
+        "templates_dict",
+        "test_mode",
+        "ti",
+        "triggering_asset_events",
+        "try_number",
+        "ts",
+        "ts_nodash",
+        "ts_nodash_with_tz",
+        "var",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -75,14 +134,15 @@ def bind(fn: Function, inv: protocol.Invocation) -> tuple[list[Any], dict[str, A
         return args, kwargs
     try:
         bound = sig.bind_partial(*args, **kwargs)
+        var_keyword = _var_keyword(sig)
         for name in CONTEXT_PARAMETERS:
+            if name not in inv.context or name in kwargs:
+                continue
             param = sig.parameters.get(name)
-            if (
-                param is not None
-                and name in inv.context
-                and name not in bound.arguments
-                and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
-            ):
+            if param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                if name not in bound.arguments:
+                    kwargs[name] = inv.context[name]
+            elif param is None and var_keyword is not None:  # as Airflow hands **kwargs the context
                 kwargs[name] = inv.context[name]
         sig.bind(*args, **kwargs)
     except TypeError as exc:
@@ -91,6 +151,13 @@ def bind(fn: Function, inv: protocol.Invocation) -> tuple[list[Any], dict[str, A
             "called it and the deployed function disagree (redeploy the image)"
         ) from None
     return args, kwargs
+
+
+def _var_keyword(sig: inspect.Signature | None) -> str | None:
+    """The name of the signature's ``**kwargs`` parameter, if it has one."""
+    if sig is None:
+        return None
+    return next((p.name for p in sig.parameters.values() if p.kind is p.VAR_KEYWORD), None)
 
 
 def _store_for(ref: codec.ObjectRef, settings: protocol.StoreSettings | None) -> store.ObjectStore:
@@ -117,11 +184,64 @@ def prepare(fn: Function, inv: protocol.Invocation) -> tuple[list[Any], dict[str
 
 
 def call(fn: Function, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    """Run the function; an async one gets an event loop of its own in this thread."""
-    result = fn.callable(*args, **kwargs)
-    if fn.is_async or inspect.iscoroutine(result):
-        result = asyncio.run(result)
+    """Run the function; an async one gets an event loop of its own in this thread.
+
+    A function that looks up a context value that stays in Airflow (``kwargs["ti"]``) fails
+    with :class:`ContextValueUnavailable`, which says so, instead of a bare ``KeyError: 'ti'``.
+    """
+    try:
+        result = fn.callable(*args, **kwargs)
+        if fn.is_async or inspect.iscoroutine(result):
+            result = asyncio.run(result)
+    except KeyError as exc:
+        unavailable = _unavailable_context_lookup(fn, exc)
+        if unavailable is None:
+            raise
+        raise unavailable from exc
     return result
+
+
+def _unavailable_context_lookup(fn: Function, exc: KeyError) -> ContextValueUnavailable | None:
+    """The error to raise instead of ``exc`` when it is the function's own ``**kwargs`` lookup of
+    an Airflow context key that does not cross; None for any other KeyError.
+
+    Precise on purpose, so a user's own ``KeyError`` (``row["task"]``) is never reworded: an
+    Airflow context key that does not cross, the function takes ``**kwargs``, which lacks it, and
+    the line that failed, in the function's own frame, subscripts that very dict with that key.
+    """
+    key = exc.args[0] if type(exc) is KeyError and len(exc.args) == 1 else None
+    if not isinstance(key, str) or key not in AIRFLOW_CONTEXT_KEYS or key in CONTEXT_PARAMETERS:
+        return None
+    var_keyword = _var_keyword(fn.signature)
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    code = getattr(inspect.unwrap(fn.callable), "__code__", None)
+    if var_keyword is None or tb is None or tb.tb_frame.f_code is not code:
+        return None
+    if not _subscripts(tb.tb_frame, tb.tb_lineno, var_keyword, key):
+        return None
+    name = getattr(fn.callable, "__name__", fn.task_id)
+    return ContextValueUnavailable(
+        f"{var_keyword}[{key!r}]: {name}() looks up the Airflow context value {key!r}, but the "
+        f"context object stays in Airflow: a @task.knative function runs inside a Knative Service, "
+        f"and only {', '.join(CONTEXT_PARAMETERS)} cross into it (those are in **{var_keyword}). "
+        f"Compute what you need from {key!r} in an upstream task and pass it as an argument"
+    )
+
+
+def _subscripts(frame: FrameType, lineno: int, var_keyword: str, key: str) -> bool:
+    """Whether source line ``lineno`` of ``frame`` looks ``key`` up in the frame's ``**kwargs``
+    dict (under any local name bound to it, with the key written out or in a local variable)."""
+    received = frame.f_locals.get(var_keyword)
+    if not isinstance(received, dict) or key in received:
+        return False
+    local_vars = frame.f_locals.items()
+    containers = [re.escape(name) for name, value in local_vars if value is received]
+    keys = [re.escape(repr(key)), re.escape(f'"{key}"')]
+    keys += [re.escape(name) for name, value in local_vars if isinstance(value, str) and value == key]
+    line = linecache.getline(frame.f_code.co_filename, lineno)
+    return re.search(rf"\b(?:{'|'.join(containers)})\s*\[\s*(?:{'|'.join(keys)})\s*\]", line) is not None
 
 
 def _unencodable(function_id: str, exc: TypeError) -> ResultEncodingError:

@@ -22,13 +22,14 @@ import contextlib
 import contextvars
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import requests
 import urllib3
 
-from airflow_provider_knative import airflow_compat, config, versions
+from airflow_provider_knative import airflow_compat, config, protocol, versions
 from airflow_provider_knative.airflow_compat import BaseHook
 from airflow_provider_knative.connection import (
     UI_FIELD_BEHAVIOUR,
@@ -45,7 +46,9 @@ from airflow_provider_knative.errors import (
     TLSError,
 )
 from airflow_provider_knative.invoker import (
+    ClientTiming,
     FailureKind,
+    LogFollower,
     Outcome,
     Request,
     Response,
@@ -214,6 +217,10 @@ class KnativeHook(BaseHook):
         self._settings: ServiceSettings | None = None
         self._cancelled = threading.Event()
         self._connections: list[Any] = []
+        #: the invocation in progress (``cancel`` asks the runtime to stop it)
+        self._current: Request | None = None
+        #: where the last call's time went, on this side (``invoke``/``ainvoke`` set it)
+        self.timing = ClientTiming(0.0)
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -317,44 +324,71 @@ class KnativeHook(BaseHook):
     # HTTP library and in how they wait.
 
     def invoke(
-        self, request: Request, timeouts: Timeouts | None = None, *, idempotent: bool = False
+        self,
+        request: Request,
+        timeouts: Timeouts | None = None,
+        *,
+        idempotent: bool = False,
+        probe_first: bool = False,
+        on_log: Callable[[str], None] | None = None,
     ) -> Response:
         """Send ``request`` and return the final answer (see ``invoker.call_flow`` for retries).
 
+        ``on_log`` receives the call's output while it runs, each piece once, also across a
+        broken stream (the runtime's frames). ``self.timing`` says where the time went.
         Raises InvocationError subclasses: ServiceUnavailableError past the startup deadline,
         InvocationTimeout, OutcomeUnknownError, InvocationCancelled after ``cancel()``.
         """
         settings = self.settings
         timeouts = timeouts or settings.timeouts
-        flow = call_flow(request, timeouts, idempotent=idempotent)
+        flow = call_flow(request, timeouts, idempotent=idempotent, probe_first=probe_first)
+        follower = LogFollower(on_log) if on_log is not None else None
+        self.timing = ClientTiming(time.monotonic())
         outcome: Outcome = None
-        while True:
-            self._check_cancelled(request)
-            try:
-                step = flow.send(outcome)
-            except StopIteration as done:
-                return done.value
-            if isinstance(step, Wait):
-                self.log.info("%s", step.message)
-                if self._cancelled.wait(step.seconds):
-                    self._check_cancelled(request)
-                outcome = None
-            else:
-                outcome = self._send(step, settings, timeouts)
+        self._current = request
+        try:
+            while True:
+                self._check_cancelled(request)
+                try:
+                    step = flow.send(outcome)
+                except StopIteration as done:
+                    return done.value
+                if isinstance(step, Wait):
+                    self.log.info("%s", step.message)
+                    if self._cancelled.wait(step.seconds):
+                        self._check_cancelled(request)
+                    outcome = None
+                else:
+                    self.timing.sending(step.request, time.monotonic())
+                    outcome = self._send(step, settings, timeouts, follower)
+        finally:
+            self.timing.ended = time.monotonic()
+            self._current = None
 
     async def ainvoke(
-        self, request: Request, timeouts: Timeouts | None = None, *, idempotent: bool = False
+        self,
+        request: Request,
+        timeouts: Timeouts | None = None,
+        *,
+        idempotent: bool = False,
+        probe_first: bool = False,
+        on_log: Callable[[str], None] | None = None,
     ) -> Response:
         """The async twin of :meth:`invoke` (httpx, for the triggerer): same flow, same errors."""
         settings = await self.asettings()
         timeouts = timeouts or settings.timeouts
+        follower = LogFollower(on_log) if on_log is not None else None
+        self.timing = ClientTiming(time.monotonic())
         # no proxies from the environment (in-cluster and loopback addresses); CA bundles from it
         # are honoured through settings.tls
-        async with await _async_client(timeouts, settings.tls) as client:
-            return await self._adrive(
-                call_flow(request, timeouts, idempotent=idempotent),
-                lambda step: self._asend(client, step, settings),
-            )
+        try:
+            async with await _async_client(timeouts, settings.tls) as client:
+                return await self._adrive(
+                    call_flow(request, timeouts, idempotent=idempotent, probe_first=probe_first),
+                    lambda step: self._asend(client, step, settings, follower),
+                )
+        finally:
+            self.timing.ended = time.monotonic()
 
     @contextlib.asynccontextmanager
     async def astream(
@@ -425,10 +459,13 @@ class KnativeHook(BaseHook):
                 await asyncio.sleep(step.seconds)
                 outcome = None
             else:
+                self.timing.sending(step.request, time.monotonic())
                 outcome = await send(step)
 
-    def _send(self, step: Send, settings: ServiceSettings, timeouts: Timeouts) -> Response | TransportFailure:
-        request = step.request
+    def _send(
+        self, step: Send, settings: ServiceSettings, timeouts: Timeouts, follower: LogFollower | None = None
+    ) -> Response | TransportFailure:
+        request = follower.prepare(step.request) if follower is not None else step.request
         token = _call_connections.set(self._connections)
         try:
             raw = http_session().request(
@@ -437,9 +474,21 @@ class KnativeHook(BaseHook):
                 data=request.body,
                 headers={**settings.headers, **request.headers(settings.secret)},
                 timeout=(timeouts.connect, timeouts.read),
+                stream=follower is not None,
                 **settings.tls.requests_kwargs(),
             )
-            return Response(raw.status_code, raw.headers.get("Content-Type", ""), raw.content)
+            content_type = raw.headers.get("Content-Type", "")
+            if follower is None or not _is_frames(content_type):
+                return Response(raw.status_code, content_type, raw.content)
+            follower.begin()
+            try:
+                for chunk in raw.iter_content(chunk_size=None):
+                    final = follower.feed(chunk)
+                    if final is not None:
+                        return final
+            finally:
+                raw.close()
+            return TransportFailure(FailureKind.BROKEN, "the stream ended before the call's answer")
         except requests.RequestException as exc:
             self._check_cancelled(request)
             if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
@@ -451,30 +500,45 @@ class KnativeHook(BaseHook):
             self._connections.clear()
 
     @staticmethod
-    async def _asend(client: Any, step: Send, settings: ServiceSettings) -> Response | TransportFailure:
+    async def _asend(
+        client: Any, step: Send, settings: ServiceSettings, follower: LogFollower | None = None
+    ) -> Response | TransportFailure:
         import httpx
 
-        request = step.request
+        request = follower.prepare(step.request) if follower is not None else step.request
         try:
-            answer = await client.request(
+            built = client.build_request(
                 request.method,
                 request.url,
                 content=request.body,
                 headers={**settings.headers, **request.headers(settings.secret)},
             )
+            answer = await client.send(built, stream=True)
+            try:
+                content_type = answer.headers.get("content-type", "")
+                if follower is None or not _is_frames(content_type):
+                    return Response(answer.status_code, content_type, await answer.aread())
+                follower.begin()
+                async for chunk in answer.aiter_raw():
+                    final = follower.feed(chunk)
+                    if final is not None:
+                        return final
+                return TransportFailure(FailureKind.BROKEN, "the stream ended before the call's answer")
+            finally:
+                await answer.aclose()
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             raise InvocationError(f"{request.url}: {type(exc).__name__}: {_short(exc)}") from None
         except httpx.TransportError as exc:
             _raise_if_tls(request.url, exc)
             return _httpx_failure(exc)
-        return Response(answer.status_code, answer.headers.get("content-type", ""), answer.content)
 
     def _check_cancelled(self, request: Request) -> None:
         if self._cancelled.is_set():
             raise InvocationCancelled(f"call to {request.url} abandoned by on_kill")
 
     def cancel(self) -> None:
-        """Abandon the call in progress (``on_kill``): no more attempts, its socket shut down.
+        """Abandon the call in progress (``on_kill``): no more attempts, its socket shut down,
+        and the runtime asked to stop it on whichever replica runs it.
 
         Runs in the SIGTERM handler (on the thread blocked in the call) or on another thread;
         either way the blocked read returns, and the attempt ends as cancelled.
@@ -482,6 +546,56 @@ class KnativeHook(BaseHook):
         self._cancelled.set()
         for connection in list(self._connections):
             _shutdown(connection)
+        current = self._current
+        if current is not None and current.invocation_id:
+            self._send_cancel(current)
+
+    def _send_cancel(self, request: Request) -> None:
+        """``DELETE /invocations/<id>``, best effort and briefly (a task being killed cannot wait)."""
+        settings = self.settings
+        cancel = request.cancel_request()
+        try:
+            answer = http_session().delete(
+                cancel.url,
+                headers={**settings.headers, **cancel.headers(settings.secret)},
+                timeout=(min(settings.timeouts.connect, CANCEL_TIMEOUT_SECONDS), CANCEL_TIMEOUT_SECONDS),
+                **settings.tls.requests_kwargs(),
+            )
+            self.log.info(
+                "asked %s to stop invocation %s: HTTP %d",
+                cancel.url,
+                request.invocation_id,
+                answer.status_code,
+            )
+        except requests.RequestException as exc:
+            self.log.warning(
+                "could not ask %s to stop invocation %s: %s", cancel.url, request.invocation_id, exc
+            )
+
+    async def acancel(self, request: Request) -> None:
+        """The async twin of the cancel request (a deferred task marked failed: ``Trigger.on_kill``)."""
+        import httpx
+
+        settings = await self.asettings()
+        cancel = request.cancel_request()
+        timeouts = Timeouts(
+            min(settings.timeouts.connect, CANCEL_TIMEOUT_SECONDS), CANCEL_TIMEOUT_SECONDS, 0.0
+        )
+        try:
+            async with await _async_client(timeouts, settings.tls) as client:
+                answer = await client.delete(
+                    cancel.url, headers={**settings.headers, **cancel.headers(settings.secret)}
+                )
+            self.log.info(
+                "asked %s to stop invocation %s: HTTP %d",
+                cancel.url,
+                request.invocation_id,
+                answer.status_code,
+            )
+        except httpx.HTTPError as exc:
+            self.log.warning(
+                "could not ask %s to stop invocation %s: %s", cancel.url, request.invocation_id, exc
+            )
 
 
 async def _async_client(timeouts: Timeouts, tls: TLSSettings) -> Any:
@@ -495,11 +609,17 @@ async def _async_client(timeouts: Timeouts, tls: TLSSettings) -> Any:
     )
 
 
+def _is_frames(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() == protocol.FRAMES_CONTENT_TYPE
+
+
 async def _no_lines() -> AsyncIterator[str]:
     return
     yield
 
 
+#: how long a cancel request (``on_kill``) may take: the task is being killed
+CANCEL_TIMEOUT_SECONDS = 5.0
 #: the runtime's readiness endpoint, which the Test button calls
 READY_PATH = "/readyz"
 #: how long the Test button waits for the answer (a cold Knative Service may be scaling up)

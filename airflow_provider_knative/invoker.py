@@ -17,9 +17,13 @@ start the function:
 
 When the request may have reached the function (the connection broke after it was sent, a
 502/504, a reset), the flow asks the runtime about the invocation's id instead of sending it
-again (``GET /invocations/<id>``): the recorded outcome, or "still running" (then it waits for
-it), or "unknown", which fails the try with :class:`OutcomeUnknownError`; Airflow's task
-retries decide what happens next. ``idempotent=True`` allows sending it again instead.
+again (``GET /invocations/<id>?attempt=N``), and any replica answers from the call's record in
+the object store: the recorded outcome (the function's answer, or a definite failure: the pod
+running it stopped, or it was cancelled), "still running" (then it waits for it), or "not
+started": the query declared that attempt void, so a late copy can never start, and the flow
+sends the call again as attempt ``N+1``. "Unknown" (:class:`OutcomeUnknownError`, Airflow's
+task retries decide) remains only where the record cannot be read, or where the runtime keeps
+no record in a store. ``idempotent=True`` allows sending it again instead.
 """
 
 from __future__ import annotations
@@ -76,7 +80,8 @@ class Request:
     """What one invocation sends. ``secret`` never leaves the process (not in trigger kwargs).
 
     ``invocation_id`` is set for calls to the provider's runtime: it lets the flow ask about
-    a call whose connection broke instead of running it again.
+    a call whose connection broke instead of running it again. ``attempt`` numbers the sends
+    of one invocation that the runtime's record tells apart (see :func:`call_flow`).
     """
 
     url: str
@@ -86,12 +91,13 @@ class Request:
     secret: bytes | None = field(default=None, repr=False)
     invocation_id: str = ""
     headers_extra: Mapping[str, str] = field(default_factory=dict)
+    attempt: int = 1
 
     def headers(self, secret: bytes | None = None, now: float | None = None) -> dict[str, str]:
         """Headers for one attempt, signed afresh (a retry after a long cold start must not carry
         a timestamp or nonce the runtime has already seen)."""
         headers = {"Accept": f"{protocol.CONTENT_TYPE}, */*;q=0.5", **self.headers_extra}
-        if self.body or self.method not in ("GET", "HEAD"):
+        if self.body or self.method not in ("GET", "HEAD", "DELETE"):
             headers["Content-Type"] = self.content_type
         key = self.secret or secret
         if key:
@@ -99,11 +105,38 @@ class Request:
             headers.update(protocol.sign(key, self.body, method=self.method, path=path, now=now))
         return headers
 
-    def status_request(self, wait: float) -> Request:
-        """``GET /invocations/<id>``: the outcome of this invocation, without starting it."""
-        base = self.url[: -len(protocol.INVOKE_PATH)] if self.url.endswith(protocol.INVOKE_PATH) else self.url
-        url = f"{base}{protocol.INVOCATIONS_PATH}{quote(self.invocation_id, safe='')}?wait={wait:g}"
-        return replace(self, url=url, body=b"", method="GET")
+    def at_attempt(self, attempt: int) -> Request:
+        """This invocation sent as attempt ``attempt`` (``POST /invoke?attempt=N``)."""
+        return replace(self, url=protocol.with_attempt(self.base_url, attempt), attempt=attempt)
+
+    @property
+    def base_url(self) -> str:
+        """The URL without the attempt (the service's invocation URL)."""
+        return self.url.split("?", 1)[0] if self.invocation_id else self.url
+
+    def status_request(self, wait: float, *, probe: bool = False) -> Request:
+        """``GET /invocations/<id>``: the outcome of this invocation, without starting it.
+
+        Asked about attempt ``self.attempt``: an attempt nobody claimed is declared void (so it
+        can never start) unless ``probe`` (look without writing anything, before a first send).
+        """
+        return replace(self, url=self._record_url(f"wait={wait:g}", probe=probe), body=b"", method="GET")
+
+    def cancel_request(self) -> Request:
+        """``DELETE /invocations/<id>``: stop this invocation on whichever replica runs it."""
+        return replace(self, url=self._record_url(""), body=b"", method="DELETE")
+
+    def _record_url(self, query: str, *, probe: bool = False) -> str:
+        base = self.base_url
+        route = protocol.record_path(base)
+        for suffix in (protocol.INVOKE_PATH, protocol.WORKLOADS_PATH):
+            base = base[: -len(suffix)] if base.endswith(suffix) else base
+        url = f"{base}{route}{quote(self.invocation_id, safe='')}"
+        params = [query] if query else []
+        if probe:
+            params.append(f"{protocol.PROBE_PARAM}=1")
+        url = f"{url}?{'&'.join(params)}" if params else url
+        return protocol.with_attempt(url, self.attempt)
 
 
 def _path_of(url: str) -> str:
@@ -136,6 +169,110 @@ class Response:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+@dataclass
+class ClientTiming:
+    """The caller's side of where a call's time went (monotonic seconds): from the first attempt
+    (``started``) to the send of the attempt that ran (``sent``: before it, the Service was
+    waited for: connection retries, 503s, scale from zero) to the answer (``ended``)."""
+
+    started: float
+    sent: float = 0.0
+    ended: float = 0.0
+    attempts: int = 0
+
+    def sending(self, request: Request, now: float) -> None:
+        if request.method != "GET":  # the call itself, not a status query
+            self.sent = now
+            self.attempts += 1
+
+    @property
+    def waiting(self) -> float:
+        return max(0.0, (self.sent or self.started) - self.started)
+
+    @property
+    def total(self) -> float:
+        return max(0.0, self.ended - self.started)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"waiting": self.waiting, "total": self.total, "attempts": float(self.attempts)}
+
+
+def timing_line(client: Mapping[str, float], pod: Mapping[str, float], replica: str, where: str) -> str:
+    """The one line a call's task log ends with: where its time went, adding up to its total."""
+
+    def size(n: float) -> str:
+        value = float(n)
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if value < 1024 or unit == "GiB":
+                return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+            value /= 1024
+        return f"{value:.1f} GiB"  # pragma: no cover
+
+    total, waiting = client.get("total", 0.0), client.get("waiting", 0.0)
+    parts = {key: pod.get(key, 0.0) for key in ("queued", "fetch", "call", "spill")}
+    other = max(0.0, total - waiting - sum(parts.values()))
+    attempts = int(client.get("attempts", 1))
+    return (
+        f"Knative call to {where}: {total:.2f} s = waiting for the Service {waiting:.2f} s "
+        f"({attempts} attempt{'s' if attempts != 1 else ''}) + queued in the pod {parts['queued']:.2f} s "
+        f"+ fetching arguments {parts['fetch']:.2f} s ({size(pod.get('fetched_bytes', 0))}) "
+        f"+ the function {parts['call']:.2f} s + spilling the result {parts['spill']:.2f} s "
+        f"({size(pod.get('spilled_bytes', 0))}) + transfer and encoding {other:.2f} s; "
+        f"ran on {replica or 'an unnamed pod'}"
+    )
+
+
+class LogFollower:
+    """A call's output as the runtime streams it (``protocol.FRAMES_CONTENT_TYPE``): each new
+    piece goes to ``on_log`` once, in order, and the follower remembers how far it got, so a
+    stream that broke is resumed from there (``GET /invocations/<id>?stream=1&from=N``) on
+    whichever replica answers, and no piece is shown twice. No I/O: the hook feeds it bytes.
+    """
+
+    def __init__(self, on_log: Callable[[str], None]) -> None:
+        self.on_log = on_log
+        self.offset = 0
+        self._reader = protocol.FrameReader()
+
+    def prepare(self, request: Request) -> Request:
+        """The request as sent by a client that follows the output: frames accepted, and a
+        status query asks for the output from where this follower is."""
+        if not request.invocation_id:
+            return request
+        headers = {
+            **request.headers_extra,
+            "Accept": f"{protocol.FRAMES_CONTENT_TYPE}, {protocol.CONTENT_TYPE};q=0.9",
+        }
+        url = request.url
+        if request.method == "GET" and protocol.INVOCATIONS_PATH in url:
+            joiner = "&" if "?" in url else "?"
+            url = f"{url}{joiner}{protocol.STREAM_PARAM}=1&{protocol.FROM_PARAM}={self.offset}"
+        return replace(request, url=url, headers_extra=headers)
+
+    def begin(self) -> None:
+        """A new answer starts (a fresh stream of frames)."""
+        self._reader = protocol.FrameReader()
+
+    def feed(self, data: bytes) -> Response | None:
+        """Bytes of a frames answer: the final Response once its end frame arrives."""
+        for frame in self._reader.feed(data):
+            if "log" in frame:
+                self._show(str(frame["log"]), int(frame.get("at", self.offset)))
+            else:
+                end = frame["end"]
+                return Response(int(end["status"]), protocol.CONTENT_TYPE, bytes(end["body"]))
+        return None
+
+    def _show(self, text: str, at: int) -> None:
+        data = text.encode("utf-8", "replace")
+        if at + len(data) <= self.offset:
+            return  # shown before the stream broke
+        if at < self.offset:
+            data = data[self.offset - at :]
+        self.offset = max(self.offset, at) + len(data)
+        self.on_log(data.decode("utf-8", "replace"))
 
 
 class FailureKind(enum.Enum):
@@ -260,15 +397,33 @@ def read_timeout(url: str, timeouts: Timeouts) -> InvocationTimeout:
     )
 
 
+def next_attempt(response: Response) -> int:
+    """The attempt to send again with, when the runtime says no attempt of the call started
+    (``Result.status == "not_started"``); 0 otherwise."""
+    if not _is_protocol_body(response) or response.status not in (404, 409):
+        return 0
+    try:
+        result = protocol.Result.decode(response.body)
+    except (codec.CodecError, protocol.ProtocolError):
+        return 0
+    return result.next_attempt if result.status == "not_started" and result.next_attempt > 0 else 0
+
+
 def call_flow(
     request: Request,
     timeouts: Timeouts,
     *,
     idempotent: bool = False,
+    probe_first: bool = False,
     clock: Callable[[], float] = time.monotonic,
     rng: Callable[[], float] = random.random,
 ) -> Flow:
-    """The decisions of one invocation, as a generator (see the module docstring)."""
+    """The decisions of one invocation, as a generator (see the module docstring).
+
+    ``probe_first``: ask where the invocation stands before sending it (a restored trigger:
+    an earlier triggerer may have sent it already); it is sent only if no attempt of it
+    started, and otherwise followed to its outcome.
+    """
 
     def new_schedule() -> RetrySchedule:
         return RetrySchedule(request.url, timeouts.startup_deadline, clock=clock, rng=rng)
@@ -279,10 +434,24 @@ def call_flow(
     asking = False  # sending GET /invocations/<id> instead of the invocation itself
     cause = ""  # why we are asking
     poll_wait = min(POLL_WAIT_SECONDS, max(0.1, timeouts.read / 2))
+    sent = request  # the attempt last sent (or, before any, the first)
 
-    def ask(reason: str) -> None:
+    def ask(reason: str, *, probe: bool = False) -> None:
         nonlocal asking, current, schedule, cause
-        asking, current, schedule, cause = True, request.status_request(poll_wait), new_schedule(), reason
+        asking, current, schedule, cause = (
+            True,
+            sent.status_request(0.0 if probe else poll_wait, probe=probe),
+            new_schedule(),
+            reason,
+        )
+
+    def send(attempt: int) -> None:
+        nonlocal asking, current, schedule, sent
+        sent = request.at_attempt(attempt)
+        asking, current, schedule = False, sent, new_schedule()
+
+    if probe_first and request.invocation_id:
+        ask("restored: it may have been sent before", probe=True)
 
     while True:
         if clock() - started > timeouts.read + timeouts.startup_deadline:
@@ -290,29 +459,32 @@ def call_flow(
         schedule.attempt()
         outcome = yield Send(current)
         assert outcome is not None
-        if isinstance(outcome, Response):
-            if asking:
-                if outcome.status == 202:
-                    yield Wait(0.0, f"{request.url}: invocation {request.invocation_id} is still running")
-                    continue
-                error = _runtime_error(outcome)
-                if outcome.status == 404 and error is not None and error.type == protocol.UNKNOWN_INVOCATION:
-                    raise _unknown_outcome(request, cause)
-                if outcome.status not in GATEWAY_STATUSES:
-                    return outcome  # the outcome the runtime recorded
-            elif outcome.status not in GATEWAY_STATUSES:
-                return outcome
-            elif not (not_started(outcome) or idempotent):
-                if not request.invocation_id:
-                    return outcome  # a plain HTTP service answered 502/503/504: that is its answer
-                ask(_reason(outcome))
-                continue
-        elif outcome.kind is FailureKind.TIMEOUT:
+        if isinstance(outcome, TransportFailure) and outcome.kind is FailureKind.TIMEOUT:
             raise read_timeout(request.url, timeouts)
-        elif outcome.kind is FailureKind.BROKEN and not (idempotent or asking):
-            if not request.invocation_id:
-                raise _unknown_outcome(request, outcome.detail)
-            ask(outcome.detail)
+        resend = next_attempt(outcome) if isinstance(outcome, Response) and request.invocation_id else 0
+        if resend:  # provably never started anywhere: send it (again), as that attempt
+            send(resend)
+            continue
+        step = _next_step(
+            outcome, request, asking=asking, probing=PROBE_QUERY in current.url, idempotent=idempotent
+        )
+        if step is _Next.FINAL:
+            assert isinstance(outcome, Response)
+            if idempotent and request.invocation_id and _pod_gone(outcome):
+                send(sent.attempt + 1)  # running it again is harmless: do, rather than fail the try
+                continue
+            return outcome
+        if step is _Next.UNKNOWN:
+            raise _unknown_outcome(request, cause if asking else _reason(outcome))
+        if step is _Next.POLL:
+            yield Wait(0.0, f"{request.url}: invocation {request.invocation_id} is still running")
+        elif step is _Next.FOLLOW:
+            ask(cause)  # it runs: follow it (from now on, an attempt nobody claimed is voided)
+        elif step is _Next.SEND:
+            send(sent.attempt)  # a runtime without records: its memory cannot tell
+        elif step is _Next.ASK:
+            ask(_reason(outcome))
+        if step is not _Next.RETRY:
             continue
         try:
             delay = schedule.failed(_reason(outcome))
@@ -323,11 +495,63 @@ def call_flow(
         yield Wait(delay, schedule.describe(delay))
 
 
+def _pod_gone(response: Response) -> bool:
+    """Whether the answer says the pod running the call went away under it."""
+    error = _runtime_error(response)
+    return error is not None and error.type in protocol.POD_GONE_ERRORS
+
+
+class _Next(enum.Enum):
+    """What an answer means for the flow (see :func:`_read_answer`)."""
+
+    FINAL = "the answer is the outcome"
+    RETRY = "nothing started: send the same again after a backoff"
+    ASK = "it may have started: ask about it"
+    POLL = "it is still running: ask again"
+    FOLLOW = "a probe found it running: follow it"
+    SEND = "a probe found no record to consult: send it"
+    UNKNOWN = "nobody can say how it ended"
+
+
+def _next_step(
+    outcome: Response | TransportFailure, request: Request, *, asking: bool, probing: bool, idempotent: bool
+) -> _Next:
+    """The flow's reading of an attempt's result (a pure decision: see the module docstring)."""
+    if isinstance(outcome, TransportFailure):
+        if outcome.kind is FailureKind.BROKEN and not (idempotent or asking):
+            return _Next.ASK if request.invocation_id else _Next.UNKNOWN
+        return _Next.RETRY
+    response = outcome
+    if asking:
+        if response.status == 202:
+            return _Next.FOLLOW if probing else _Next.POLL
+        error = _runtime_error(response)
+        if response.status == 404 and error is not None and error.type == protocol.UNKNOWN_INVOCATION:
+            return _Next.SEND if probing else _Next.UNKNOWN
+        return _Next.RETRY if response.status in GATEWAY_STATUSES else _Next.FINAL
+    if response.status not in GATEWAY_STATUSES:
+        return _Next.FINAL
+    if not_started(response) or idempotent:
+        return _Next.RETRY
+    # a plain HTTP service answered 502/503/504: that is its answer
+    return _Next.ASK if request.invocation_id else _Next.FINAL
+
+
+#: how a probe's URL is told apart (``Request.status_request(probe=True)``)
+PROBE_QUERY = f"{protocol.PROBE_PARAM}=1"
+
+
 def _unknown_outcome(request: Request, reason: str) -> OutcomeUnknownError:
-    if request.invocation_id:
+    if request.invocation_id and "RecordUnavailable" in reason:
+        known = (
+            f"and the record of invocation {request.invocation_id!r} in the object store could not be "
+            "read, so nobody can tell whether it ran"
+        )
+    elif request.invocation_id:
         known = (
             f"and the runtime that answered has no record of invocation {request.invocation_id!r}: it "
-            "never arrived, or ran on a pod that has since gone"
+            "never arrived, or ran on a pod that has since gone (a runtime without a store keeps its "
+            "record in memory: set [knative] xcom_store_url on it)"
         )
     else:
         known = "and this service keeps no record of calls"

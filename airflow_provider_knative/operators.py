@@ -31,6 +31,7 @@ from airflow_provider_knative.invoker import (
     encode_payload,
     read_raw,
 )
+from airflow_provider_knative.remote_output import RemoteOutput
 
 DEFAULT_CONN_ID = KnativeHook.default_conn_name
 aws.install()  # deferred bodies go through the store: [knative] aws_conn_id applies
@@ -134,6 +135,8 @@ class KnativeOperator(BaseOperator):
         self.invoke_timeout = invoke_timeout
         self.startup_deadline = startup_deadline
         self.idempotent = self.method in IDEMPOTENT_METHODS if idempotent is None else bool(idempotent)
+        #: where the call's time went on this side (set by execute / execute_complete)
+        self.client_timing: dict[str, float] = {}
         if not service and not url:
             raise ValueError(
                 f"{self.task_id}: KnativeOperator needs service= (a Knative Service name) or url="
@@ -186,6 +189,11 @@ class KnativeOperator(BaseOperator):
 
     # ------------------------------------------------------------------ execution
 
+    def output_sink(self) -> RemoteOutput | None:
+        """What shows the service's output in the task log while the call runs (the runtime of
+        ``@task.knative`` streams it); None: this operator does not follow it."""
+        return None
+
     def execute(self, context: Any) -> Any:
         with airflow_errors(self.task_id):
             request = self.build_request(context)
@@ -193,7 +201,13 @@ class KnativeOperator(BaseOperator):
             if self.deferrable:
                 self._defer(request, timeouts, context)
             self.log.info("Calling %s (%s, %d-byte body)", request.url, request.method, len(request.body))
-            response = self.hook.invoke(request, timeouts, idempotent=self.idempotent)
+            sink = self.output_sink()
+            try:
+                response = self.hook.invoke(request, timeouts, idempotent=self.idempotent, on_log=sink)
+            finally:
+                if sink is not None:
+                    sink.close()
+                self.client_timing = self.hook.timing.to_dict()
             self.log.info(
                 "%s answered HTTP %d with %d bytes", request.url, response.status, len(response.body)
             )
@@ -245,6 +259,8 @@ class KnativeOperator(BaseOperator):
                 invocation_id=request.invocation_id,
                 idempotent=self.idempotent,
                 headers=dict(request.headers_extra),
+                output=self.output_sink() is not None,
+                label=self.service or request.url,
             ),
             method_name="execute_complete",
             # the trigger enforces the real limits; this only stops a lost trigger from waiting forever
@@ -260,6 +276,7 @@ class KnativeOperator(BaseOperator):
         with airflow_errors(self.task_id):
             body = spill.unpack_bytes(event["body"])
             response = Response(int(event["http_status"]), str(event.get("content_type", "")), body)
+            self.client_timing = dict(event.get("timing") or {})
             return self.answer(response, str(event.get("url", self.service or self.url)), context)
 
     def on_kill(self) -> None:

@@ -44,10 +44,46 @@ class _Repr(reprlib.Repr):
     def repr1(self, x: Any, level: int) -> str:
         if isinstance(x, ObjectRef):
             return f"<spilled {x.summary or 'value'}>"
+        if isinstance(x, _TEMPORAL):  # as at the top level, not datetime.datetime(2024, 5, 6, ...)
+            return temporal(x)
         if _tabular(x):
             text = " ".join(of(x, max_chars=self.maxother).split())  # one line inside a container
             return text if len(text) <= self.maxother else text[: self.maxother - 1] + ELLIPSIS
         return super().repr1(x, level)
+
+
+_TEMPORAL = (dt.datetime, dt.date, dt.time, dt.timedelta)
+
+
+def temporal(value: dt.datetime | dt.date | dt.time | dt.timedelta) -> str:
+    """A datetime, date, time or timedelta as Airflow's REST API writes it: ISO 8601.
+
+    ``2024-05-06T07:08:09+05:30`` (the UTC offset of an aware datetime, whatever its time zone
+    class), ``2024-05-06``, ``07:08:09``, and a timedelta as an ISO 8601 duration the way
+    pydantic (which renders Airflow's API models) writes it: ``P1DT5.000003S``, ``-PT1H``,
+    ``P1Y35D`` (a year of 365 days). pandas' Timestamp and Timedelta keep their nanoseconds.
+    """
+    if isinstance(value, dt.timedelta):
+        own = getattr(value, "isoformat", None)  # pandas.Timedelta: nanoseconds, its own format
+        return str(own()) if callable(own) else _duration(value)
+    return value.isoformat()
+
+
+def _duration(value: dt.timedelta) -> str:
+    sign = "-" if value < dt.timedelta(0) else ""
+    value = abs(value)
+    years, days = divmod(value.days, 365)
+    hours, rest = divmod(value.seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    date = (f"{years}Y" if years else "") + (f"{days}D" if days else "")
+    time = (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
+    if seconds or value.microseconds:
+        time += (
+            f"{seconds}.{value.microseconds:06d}".rstrip("0") if value.microseconds else str(seconds)
+        ) + "S"
+    if not date and not time:
+        return "PT0S"
+    return f"{sign}P{date}" + (f"T{time}" if time else "")
 
 
 #: (top-level module, class name) of the values previewed by their first rows or items
@@ -126,9 +162,9 @@ def _text(value: Any) -> str:
         return _frame(value.slice(0, HEAD_ROWS).to_pandas()) + (
             f"\n{ELLIPSIS} {value.num_rows - HEAD_ROWS} more rows" if value.num_rows > HEAD_ROWS else ""
         )
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, (dt.timedelta, decimal.Decimal, uuid.UUID)):
+    if isinstance(value, _TEMPORAL):
+        return temporal(value)
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
         return str(value)
     return _repr.repr(value)
 

@@ -11,9 +11,13 @@ unsigned or stale bytes are never decoded, and it accepts each signature once
 (:class:`ReplayGuard`), so a captured request cannot be replayed inside the window either.
 Method and path are signed too: a signature for one route is worthless on another.
 
-Every invocation from Airflow carries an id (the task try's identity). The runtime remembers
-the ids it has run, so a retried or replayed id gets the recorded outcome (or "still
-running"), never a second run; ``GET /invocations/<id>`` asks about one without starting it.
+Every invocation from Airflow carries an id (the task try's identity) and an attempt number
+(``POST /invoke?attempt=N``, 1 when absent). The runtime keeps a record of every call in the
+object store (``records.py``): a retried or replayed id gets the recorded outcome (or "still
+running"), never a second run, on whichever replica it lands; ``GET /invocations/<id>`` asks
+about one without starting it, and declares an attempt nobody started void, so the caller may
+send the call again as the next attempt (``Result.status == "not_started"``).
+``DELETE /invocations/<id>`` asks the replica running it to stop it.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ import hashlib
 import hmac
 import inspect
 import secrets
+import struct
 import textwrap
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgpack
 
 from airflow_provider_knative import codec
 from airflow_provider_knative.errors import ProtocolError, SignatureError, VersionMismatch
@@ -52,25 +59,113 @@ __all__ = [
     "sign",
     "source_hash",
     "verify",
+    "with_attempt",
 ]
 
-PROTOCOL_VERSION = 2
+#: 3: attempts, records across replicas (``not_started``, ``next_attempt``, ``replica``), cancel
+PROTOCOL_VERSION = 3
 CONTENT_TYPE = "application/x-msgpack"
 INVOKE_PATH = "/invoke"
 #: ``GET /invocations/<id>?wait=<seconds>``: the outcome of an invocation, without starting it
 INVOCATIONS_PATH = "/invocations/"
-#: ``POST /workloads``: run an Airflow ``ExecuteTask`` workload (the KnativeExecutor)
+#: ``POST /workloads``: run an Airflow ``ExecuteTask`` workload (the KnativeExecutor);
+#: ``GET /workloads/<delivery>``: what the delivery's record says (workload events)
 WORKLOADS_PATH = "/workloads"
+
+
+def record_path(path: str) -> str:
+    """The path under which the runtime answers for the calls it takes at ``path``."""
+    return WORKLOADS_PATH + "/" if path.endswith(WORKLOADS_PATH) else INVOCATIONS_PATH
+
+
 #: the event stream a workload request is answered with: one JSON object per line
 EVENTS_CONTENT_TYPE = "application/x-ndjson"
 SIGNATURE_HEADER = "X-Knative-Signature"
 TIMESTAMP_HEADER = "X-Knative-Timestamp"
 NONCE_HEADER = "X-Knative-Nonce"
 SIGNATURE_SCHEME = "v2"
-#: the error types with which the runtime says "I did not start it" (safe to send again)
-NOT_STARTED_ERRORS = frozenset({"NotReady", "ShuttingDown", "Busy"})
-#: the error type with which the runtime says it has no record of an invocation id
+#: the error types with which the runtime says "I did not start it" (safe to send again):
+#: ``StoreUnavailable``: the claim that must precede every run could not be written
+NOT_STARTED_ERRORS = frozenset({"NotReady", "ShuttingDown", "Busy", "StoreUnavailable"})
+#: the error type with which the runtime says it has no record of an invocation id (a runtime
+#: without a store: its memory is its record)
 UNKNOWN_INVOCATION = "UnknownInvocation"
+#: A client that can show a call's output while it runs asks for this media type (``Accept``):
+#: the answer is then a stream of frames, each a 4-byte big-endian length and a msgpack map:
+#: ``{"log": text, "at": offset}`` (the call's output from byte ``offset`` on, as it is
+#: printed), then one ``{"end": {"status": ..., "body": <Result>, "error": ...}}`` carrying the
+#: answer a client without streaming gets, with the logs it already streamed left out. A call
+#: refused before it starts is answered as usual (not as frames). A status query takes
+#: ``stream=1&from=<offset>`` to follow a call from where a broken stream left off.
+FRAMES_CONTENT_TYPE = "application/x-knative-frames"
+STREAM_PARAM = "stream"
+FROM_PARAM = "from"
+_FRAME_LENGTH = struct.Struct(">I")
+#: the largest frame a client accepts (a result is small: large values are references)
+MAX_FRAME_BYTES = 512 * 1024 * 1024
+
+
+def log_frame(text: str, at: int) -> bytes:
+    """One frame of a call's output, starting at byte ``at`` of it."""
+    return _frame({"log": text, "at": at})
+
+
+def end_frame(status: int, body: bytes, error: str = "") -> bytes:
+    """The last frame: the answer (HTTP status, Result body, one-line error)."""
+    return _frame({"end": {"status": status, "body": bytes(body), "error": error}})
+
+
+def _frame(data: dict[str, Any]) -> bytes:
+    packed = msgpack.packb(data, use_bin_type=True)
+    return _FRAME_LENGTH.pack(len(packed)) + packed
+
+
+class FrameReader:
+    """Frames out of a byte stream, fed as the bytes arrive (either HTTP library's chunks)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= _FRAME_LENGTH.size:
+            (size,) = _FRAME_LENGTH.unpack_from(self._buffer)
+            if size > MAX_FRAME_BYTES:
+                raise ProtocolError(f"a frame of {size} bytes is over the {MAX_FRAME_BYTES}-byte limit")
+            if len(self._buffer) < _FRAME_LENGTH.size + size:
+                break
+            raw = bytes(self._buffer[_FRAME_LENGTH.size : _FRAME_LENGTH.size + size])
+            del self._buffer[: _FRAME_LENGTH.size + size]
+            try:
+                frame = msgpack.unpackb(raw, raw=False)
+            except Exception as exc:
+                raise ProtocolError(f"malformed frame: {exc}") from None
+            _require(
+                isinstance(frame, dict) and ("log" in frame or "end" in frame), "frame must be log or end"
+            )
+            frames.append(frame)
+        return frames
+
+
+#: the error types of a call whose pod went away under it (its lease expired, or the drain at
+#: scale-down outlived it): a definite failure; an idempotent call is sent again as a new attempt
+ABANDONED = "Abandoned"
+POD_GONE_ERRORS = frozenset({ABANDONED, "DrainTimeout"})
+#: the error type of a call stopped on request (``DELETE /invocations/<id>``)
+CANCELLED = "Cancelled"
+#: the query parameter that numbers the attempts of one call (``records.py``)
+ATTEMPT_PARAM = "attempt"
+#: ``GET /invocations/<id>?probe=1``: where the call stands, without declaring anything void
+#: (a restored trigger asks before it sends)
+PROBE_PARAM = "probe"
+
+
+def with_attempt(path: str, attempt: int) -> str:
+    """``path`` for attempt ``attempt`` of a call (the first attempt needs no parameter)."""
+    if attempt <= 1:
+        return path
+    return f"{path}{'&' if '?' in path else '?'}{ATTEMPT_PARAM}={attempt}"
 
 
 def function_id(dag_id: str, task_id: str) -> str:
@@ -240,6 +335,13 @@ class WorkloadRequest:
 EVENT_ACCEPTED = "accepted"  # the supervisor is starting: {"runtime": pod, "pid": supervisor pid}
 EVENT_ALIVE = "alive"  # every few seconds while it runs
 EVENT_EXIT = "exit"  # {"code": exit code, "reason": why it stopped when the runtime stopped it}
+#: {"runtime": pod, "reason": ...}: this delivery runs (or ran) elsewhere: another replica holds
+#: its claim, or another delivery of the task's try won Airflow's ti_run race. Not an end of the
+#: task: the executor follows the task in Airflow's database
+EVENT_ELSEWHERE = "elsewhere"
+#: {"type": ..., "message": ...}: in a delivery's record, the runtime refused to start it (the
+#: original request was answered 422 with the same reason)
+EVENT_REFUSED = "refused"
 
 
 @dataclass
@@ -263,16 +365,29 @@ class RemoteError:
         )
 
 
+#: every ``Result.status``: ``running`` answers a status query while the call runs;
+#: ``not_started`` says no attempt of it ran: send it again as ``next_attempt``
+RESULT_STATUSES = ("ok", "error", "running", "not_started")
+
+
 @dataclass
 class Result:
     """What the runtime answers: ``ok`` with the return value, or ``error``; logs either way."""
 
-    status: str  # "ok" | "error" | "running" (an invocation asked about that has not finished)
+    status: str  # one of RESULT_STATUSES
     value: Any = None
     error: RemoteError | None = None
     logs: str = ""
     logs_truncated: bool = False
     duration_seconds: float = 0.0
+    #: the pod (and runtime process) that ran the call, or that the record names
+    replica: str = ""
+    #: with ``not_started``: the attempt number to send the call again with
+    next_attempt: int = 0
+    #: where the time went in the pod, in seconds (and bytes): ``queued`` (waiting for a worker),
+    #: ``fetch``/``fetched_bytes`` (arguments passed by reference), ``call`` (the function),
+    #: ``spill``/``spilled_bytes`` (encoding the result, and writing it to the store when large)
+    timings: dict[str, float] = field(default_factory=dict)
     version: int = PROTOCOL_VERSION
 
     @property
@@ -288,6 +403,9 @@ class Result:
             "logs": self.logs,
             "logs_truncated": self.logs_truncated,
             "duration": self.duration_seconds,
+            "replica": self.replica,
+            "next_attempt": self.next_attempt,
+            "timings": self.timings,
         }
 
     def encode(self) -> bytes:
@@ -298,7 +416,7 @@ class Result:
         data = codec.loads(body)
         _require(isinstance(data, dict), "result must be a map")
         status = data.get("status")
-        _require(status in ("ok", "error", "running"), "status must be 'ok', 'error' or 'running'")
+        _require(status in RESULT_STATUSES, f"status must be one of {', '.join(RESULT_STATUSES)}")
         error = data.get("error")
         return cls(
             status=status,
@@ -307,8 +425,19 @@ class Result:
             logs=str(data.get("logs", "")),
             logs_truncated=bool(data.get("logs_truncated", False)),
             duration_seconds=float(data.get("duration", 0.0)),
+            replica=str(data.get("replica", "")),
+            next_attempt=int(data.get("next_attempt", 0) or 0),
+            timings=_timings(data.get("timings")),
             version=int(data.get("v", PROTOCOL_VERSION)),
         )
+
+
+def _timings(data: Any) -> dict[str, float]:
+    if not isinstance(data, dict):
+        return {}
+    return {
+        str(k): float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def _require(condition: bool, what: str) -> None:

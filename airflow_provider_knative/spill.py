@@ -179,6 +179,11 @@ def _split(value: Any, limit: int, owner: Owner, name: str, store: ObjectStore |
     return encoded if len(encoded) <= limit else None
 
 
+def referenced_bytes(value: Any) -> int:
+    """How many bytes the ObjectRefs anywhere in ``value`` point to (what fetching them moves)."""
+    return sum(leaf.size for leaf in walk.leaves(value) if isinstance(leaf, ObjectRef))
+
+
 def resolve_refs(value: Any, store_for: Callable[[ObjectRef], ObjectStore] | None = None) -> Any:
     """``value`` with every ``ObjectRef`` inside it replaced by what it points to.
 

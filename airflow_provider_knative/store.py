@@ -50,6 +50,9 @@ __all__ = [
     "StoredObject",
     "forget_stores",
     "open_store",
+    "record_folder",
+    "record_key",
+    "record_of",
     "task_key",
     "task_prefix",
 ]
@@ -313,6 +316,27 @@ class ObjectStore(ABC):
     def delete(self, url: str) -> None:
         """Delete an object; deleting one that is already gone is not an error."""
 
+    # -- small objects: the record of a call (``records.py``) --------------------------------
+
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """Write a small object only if nothing is at ``key`` yet, atomically: True if this call
+        created it, False if an object was already there (whoever wrote it, whatever it holds).
+
+        The one primitive the guarantees across replicas rest on: of two writers racing for one
+        key, exactly one gets True (S3 ``If-None-Match: *``; on ``file://`` a hard link, which
+        the kernel makes or refuses in one step). A failure to reach the store raises StoreError:
+        then nobody can say whether the object exists, and the caller must not assume either.
+        """
+
+    @abstractmethod
+    def read(self, key: str) -> bytes | None:
+        """A small object's bytes, or None when there is no object at ``key``."""
+
+    @abstractmethod
+    def write(self, key: str, data: bytes) -> None:
+        """Write or replace a small object (appears whole or not at all)."""
+
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[ListedObject]:
         """Every object under the root (optionally under ``prefix`` below it)."""
@@ -368,6 +392,32 @@ def task_prefix(
     if map_index is not None and map_index >= 0:
         segments.append(str(map_index))
     return "".join(safe_segment(s) + "/" for s in segments)
+
+
+#: the folder under the store's root that holds the record of every call (``records.py``)
+RECORDS_FOLDER = "_records"
+
+
+def record_key(kind: str, name: str, part: str) -> str:
+    """Where one part of the record of a call lives: ``_records/<kind>/<h[:2]>/<h>/<part>.knc``
+    with ``h`` the SHA-256 of the call's id (ids hold any characters; the hash makes a safe,
+    evenly spread key). ``kind`` is ``invocations`` or ``deliveries``; every part of one call's
+    record shares one folder, so one listing shows all of it and cleanup removes it whole."""
+    return record_folder(kind, name) + safe_segment(part) + SUFFIX
+
+
+def record_folder(kind: str, name: str) -> str:
+    """The folder (ending in ``/``) of the record of call ``name`` (see :func:`record_key`)."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{RECORDS_FOLDER}/{safe_segment(kind)}/{digest[:2]}/{digest}/"
+
+
+def record_of(key: str) -> str | None:
+    """The record folder a key belongs to (see :func:`record_key`), or None for other objects."""
+    parts = key.split("/")
+    if len(parts) >= 5 and parts[0] == RECORDS_FOLDER:
+        return "/".join(parts[:4]) + "/"
+    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -483,6 +533,54 @@ class FileStore(ObjectStore):
         except OSError as exc:
             raise StoreError(f"cannot delete {url}: {exc.strerror or exc}") from exc
 
+    def _staged(self, url: str, data: bytes) -> tuple[Path, str]:
+        """``data`` in a temporary file beside the target (same filesystem, so it can be
+        linked or renamed into place in one step)."""
+        target = self._path(url)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".part")
+        except OSError as exc:
+            raise StoreError(f"cannot write {url}: {exc.strerror or exc}") from exc
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise StoreError(f"cannot write {url}: {exc.strerror or exc}") from exc
+        return target, tmp
+
+    def create(self, key: str, data: bytes) -> bool:
+        url = self.url_of(key)
+        target, tmp = self._staged(url, data)
+        try:
+            os.link(tmp, target)  # atomic: exactly one of racing linkers succeeds
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise StoreError(f"cannot create {url}: {exc.strerror or exc}") from exc
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def read(self, key: str) -> bytes | None:
+        url = self.url_of(key)
+        try:
+            return self._path(url).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"cannot read {url}: {exc.strerror or exc}") from exc
+
+    def write(self, key: str, data: bytes) -> None:
+        url = self.url_of(key)
+        target, tmp = self._staged(url, data)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise StoreError(f"cannot write {url}: {exc.strerror or exc}") from exc
+
     def list(self, prefix: str = "") -> Iterator[ListedObject]:
         base = self.root.joinpath(*safe_key(prefix).split("/")) if prefix else self.root
         if not base.exists():
@@ -534,6 +632,8 @@ def _session_for(aws_conn_id: str) -> tuple[Any, str | None, str | None]:
 #: attempts for one part of a ranged download whose connection breaks mid-body
 PART_ATTEMPTS = 4
 PART_RETRY_BASE_SECONDS = 0.2
+#: tries of a create-only write that S3 answers 409 ConditionalRequestConflict (a racing write)
+CONDITIONAL_ATTEMPTS = 5
 
 
 def _part_retryable(exc: BaseException) -> bool:
@@ -785,6 +885,49 @@ class S3Store(ObjectStore):
             err = self._error("delete", url, exc)
             if not isinstance(err, ObjectMissingError):
                 raise err from exc
+
+    def create(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        url = self.url_of(key)
+        for attempt in range(1, CONDITIONAL_ATTEMPTS + 1):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(url), Body=data, IfNoneMatch="*")
+                return True
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code == "PreconditionFailed":
+                    return False
+                # another conditional write to this key is in flight: S3 answers 409 and the
+                # loser of that race learns which write won by trying again
+                if code == "ConditionalRequestConflict" and attempt < CONDITIONAL_ATTEMPTS:
+                    time.sleep(PART_RETRY_BASE_SECONDS * attempt)
+                    continue
+                raise self._error("create", url, exc) from exc
+            except Exception as exc:
+                raise self._error("create", url, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def read(self, key: str) -> bytes | None:
+        url = self.url_of(key)
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(url))["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+        except Exception as exc:
+            err = self._error("read", url, exc)
+            if isinstance(err, ObjectMissingError):
+                return None
+            raise err from exc
+
+    def write(self, key: str, data: bytes) -> None:
+        url = self.url_of(key)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(url), Body=data)
+        except Exception as exc:
+            raise self._error("write", url, exc) from exc
 
     def list(self, prefix: str = "") -> Iterator[ListedObject]:
         base = self.prefix

@@ -25,6 +25,7 @@ from airflow_provider_knative import aws, spill
 from airflow_provider_knative.errors import KnativeError
 from airflow_provider_knative.hooks import KnativeHook
 from airflow_provider_knative.invoker import Request, Timeouts
+from airflow_provider_knative.remote_output import RemoteOutput
 
 aws.install()  # the triggerer reads and writes bodies in the store: [knative] aws_conn_id applies
 
@@ -57,6 +58,8 @@ class KnativeInvocationTrigger(BaseTrigger):
         invocation_id: str = "",
         idempotent: bool = False,
         headers: dict[str, str] | None = None,
+        output: bool = False,
+        label: str = "",
     ) -> None:
         super().__init__()
         self.url = url
@@ -71,6 +74,8 @@ class KnativeInvocationTrigger(BaseTrigger):
         self.invocation_id = invocation_id
         self.idempotent = idempotent
         self.headers = dict(headers or {})
+        self.output = output
+        self.label = label
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -88,13 +93,15 @@ class KnativeInvocationTrigger(BaseTrigger):
                 "invocation_id": self.invocation_id,
                 "idempotent": self.idempotent,
                 "headers": self.headers,
+                "output": self.output,
+                "label": self.label,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         # A cancelled trigger (triggerer restart) keeps its spilled request body: the trigger
-        # runs again elsewhere, and the runtime answers a resent invocation id with the
-        # outcome it recorded instead of running it twice.
+        # runs again elsewhere, asks the call's record first (probe_first) and follows the call
+        # an earlier triggerer sent instead of sending it again.
         try:
             event = await self._call()
         except KnativeError as exc:
@@ -108,9 +115,8 @@ class KnativeInvocationTrigger(BaseTrigger):
         await asyncio.to_thread(self._drop_request_body)
         yield TriggerEvent(event)
 
-    async def _call(self) -> dict[str, Any]:
-        body = await asyncio.to_thread(spill.unpack_bytes, self.body, delete=False)
-        request = Request(
+    def _request(self, body: bytes) -> Request:
+        return Request(
             url=self.url,
             body=body,
             method=self.method,
@@ -118,8 +124,25 @@ class KnativeInvocationTrigger(BaseTrigger):
             invocation_id=self.invocation_id,
             headers_extra=self.headers,
         )
+
+    async def _call(self) -> dict[str, Any]:
+        body = await asyncio.to_thread(spill.unpack_bytes, self.body, delete=False)
         hook = KnativeHook(self.knative_conn_id)
-        response = await hook.ainvoke(request, Timeouts.from_dict(self.timeouts), idempotent=self.idempotent)
+        # the function's output, in the task log as it runs (the triggerer's lines are the task's)
+        sink = RemoteOutput(self.log, self.label or self.url) if self.output else None
+        try:
+            # Airflow restores a trigger (same kwargs) after its triggerer died: the call may
+            # already run on some replica, so its record is asked before anything is sent
+            response = await hook.ainvoke(
+                self._request(body),
+                Timeouts.from_dict(self.timeouts),
+                idempotent=self.idempotent,
+                probe_first=bool(self.invocation_id) and not self.idempotent,
+                on_log=sink,
+            )
+        finally:
+            if sink is not None:
+                sink.close()
         packed = await asyncio.to_thread(
             spill.pack_bytes,
             response.body,
@@ -134,7 +157,14 @@ class KnativeInvocationTrigger(BaseTrigger):
             "http_status": response.status,
             "content_type": response.content_type,
             "body": packed,
+            "timing": hook.timing.to_dict(),
         }
+
+    async def on_kill(self) -> None:
+        """The deferred task was marked failed or cleared (Airflow 3.3+ calls this on a user's
+        cancel only, not when the triggerer stops): stop the call on the replica running it."""
+        if self.invocation_id:
+            await KnativeHook(self.knative_conn_id).acancel(self._request(b""))
 
     def _drop_request_body(self) -> None:
         """A spilled request body is needed once; remove it whatever happened."""

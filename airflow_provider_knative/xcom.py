@@ -4,8 +4,9 @@ Enable it with ``AIRFLOW__CORE__XCOM_BACKEND=airflow_provider_knative.xcom.Knati
 What ``serialize_value`` hands Airflow to put in the ``xcom`` table (a JSON column):
 
 * **plain JSON** only when every reader gets the very same value and type back (exact JSON
-  types, 64-bit ints, floats other than NaN/inf/-0.0 within 1e16, no NUL, no serde-reserved
-  keys, at most 199 levels: see ``_as_plain_json``) and its JSON is at most
+  types, 64-bit ints, floats other than NaN/inf/-0.0 within 1e16, not a bare number SQLite
+  would change such as ``500.0``, no NUL, no serde-reserved keys, at most 199 levels: see
+  ``_as_plain_json``) and its JSON is at most
   ``[knative] xcom_inline_max_bytes``: the UI and the REST API show it as it is;
 * ``{"__knative_xcom__": 1, "packed": "<base64 codec frame>", "preview": ...}`` for other
   values whose encoded frame fits under the same limit (tuples, datetimes, small arrays, ...),
@@ -230,6 +231,8 @@ AIRFLOW_JSON_MAX_DEPTH = 199
 PLAIN_JSON_MAX_DEPTH = min(AIRFLOW_JSON_MAX_DEPTH, codec.MAX_DEPTH)
 # integers every XCom database keeps exactly (MySQL's JSON type turns larger ones into doubles)
 _PLAIN_INT_MIN, _PLAIN_INT_MAX = -(2**63), 2**64 - 1
+# a bare integer document SQLite keeps as an integer (a larger one becomes a float: _plain_leaf)
+_TOP_INT_MIN, _TOP_INT_MAX = -(2**63), 2**63 - 1
 # keys Airflow's serde reserves: a plain dict holding one would be read back as something else
 _SERDE_KEYS = frozenset(
     {"__classname__", "__version__", "__data__", "__type", "__var", "__source", "__id__", "__cache__"}
@@ -239,13 +242,15 @@ _SERDE_KEYS = frozenset(
 def _as_plain_json(value: Any, limit: int) -> bool:
     """Whether ``value`` can be stored as itself: plain JSON that every reader gets back exactly.
 
-    Taken only when the stored JSON reads back as the very same value *and type* and Airflow
-    accepts it: exact dict (str keys)/list/str/int/float/bool/None, no subclasses (an IntEnum
-    or a numpy float64 would come back as int/float); floats within ±1e16 other than -0.0
-    (Airflow's API refuses NaN/inf; PostgreSQL's JSONB turns -0.0 into 0.0 and 1e16 into an
-    int); integers within 64 bits (MySQL keeps no more); no NUL characters (JSONB refuses
-    them); no serde-reserved keys; nesting within ``PLAIN_JSON_MAX_DEPTH``; and JSON of at
-    most ``limit`` bytes. Everything else is packed, which carries it exactly.
+    Taken only when the stored JSON reads back as the very same value *and type* on every
+    database Airflow supports and Airflow accepts it: exact dict (str keys)/list/str/int/float/
+    bool/None, no subclasses (an IntEnum or a numpy float64 would come back as int/float);
+    floats within ±1e16 other than -0.0 (Airflow's API refuses NaN/inf; PostgreSQL's JSONB
+    turns -0.0 into 0.0 and 1e16 into an int); integers within 64 bits (MySQL keeps no more);
+    a bare number only where SQLite keeps it (``_plain_leaf``: not ``500.0``); no NUL
+    characters (JSONB refuses them); no serde-reserved keys; nesting within
+    ``PLAIN_JSON_MAX_DEPTH``; and JSON of at most ``limit`` bytes. Everything else is packed,
+    which carries it exactly.
     """
     if is_marker(value):
         return False  # a user value that looks like ours: packed, so it comes back unchanged
@@ -312,11 +317,19 @@ def _plain_shape(value: Any) -> bool:
 
 
 def _plain_leaf(x: Any) -> bool:
+    """A value that is not a container, stored as the whole JSON document: stricter than an item.
+
+    SQLite (Airflow's default database) gives the ``xcom.value`` column NUMERIC affinity, so a
+    document that is a bare number is stored as a SQLite number, not as text: ``500.0`` comes
+    back as the int ``500`` (any float with an integral value within 64 bits) and an int beyond
+    64 signed bits as a float. Inside a list or dict the document is text and every number is
+    kept, so only the top level needs this.
+    """
     t = type(x)
     if t is int:
-        return _PLAIN_INT_MIN <= x <= _PLAIN_INT_MAX
+        return _TOP_INT_MIN <= x <= _TOP_INT_MAX
     if t is float:
-        return -1e16 < x < 1e16 and (x != 0.0 or math.copysign(1.0, x) > 0)
+        return -1e16 < x < 1e16 and not x.is_integer()
     return t is str or t is bool or x is None
 
 

@@ -35,6 +35,12 @@ def read_message(sock: socket.socket) -> tuple[bytes, bytes] | None:
     return head, body
 
 
+def close_after(head: bytes) -> bytes:
+    """A request head that asks the server to close the connection after answering it."""
+    lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"connection:")]
+    return b"\r\n".join([*lines, b"Connection: close"])
+
+
 class TcpProxy:
     """Accepts on a free 127.0.0.1 port; each request goes to :meth:`handle` (default: relay)."""
 
@@ -67,9 +73,14 @@ class TcpProxy:
         return socket.create_connection(("127.0.0.1", self.target_port))
 
     def handle(self, client: socket.socket, head: bytes, body: bytes) -> None:
-        """Relay the request and stream the answer back, whatever its length (event streams too)."""
+        """Relay the request and stream the answer back, whatever its length (event streams too).
+
+        One request per connection: the request goes upstream with ``Connection: close``, so the
+        answer ends when the upstream closes, and so does the client's connection (a client that
+        keeps connections alive opens a new one for its next request).
+        """
         with self.upstream() as upstream:
-            upstream.sendall(head + b"\r\n\r\n" + body)
+            upstream.sendall(close_after(head) + b"\r\n\r\n" + body)
             while chunk := upstream.recv(65536):
                 client.sendall(chunk)
 

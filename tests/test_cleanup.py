@@ -145,3 +145,30 @@ def test_cleanup_removes_the_bodies_of_deferred_calls_that_never_finished(
     code, out = cleanup(capsys, "--min-age-seconds", "0")
     assert code == 0 and f"deleted {body['ref']}" in out
     assert urls(file_store) == set()
+
+
+def test_cleanup_removes_a_call_record_whole_once_it_is_past_retention(
+    file_store: str, airflow_home: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records of calls are not XComs: they go whole, after [knative] record_retention_seconds,
+    whatever --min-age-seconds says; a record with a recent part (a running call renews its
+    lease) stays whole."""
+    from airflow_provider_knative import records
+
+    monkeypatch.setenv("AIRFLOW__KNATIVE__RECORD_RETENTION_SECONDS", str(2 * DAY))
+    book = records.Records(store.open_store(), records.INVOCATIONS, owner="pod:1")
+    for call in ("old", "running", "fresh"):
+        book.claim(call, 1, digest="d", signature="")
+    book.finish("old", book.finished("old", 1, 200, b"x"))
+    root = Path(file_store[len("file://") :])
+
+    def parts(call: str) -> list[Path]:
+        return sorted((root / store.record_folder(records.INVOCATIONS, call)).glob("*"))
+
+    for path in parts("old") + parts("running"):
+        age(path.as_uri(), 3 * DAY)
+    book.renew("running", 1)  # its lease is fresh: the call runs
+    code, out = cleanup(capsys, "--min-age-seconds", "0")
+    assert code == 0, out
+    assert parts("old") == [] and len(parts("running")) == 2 and len(parts("fresh")) == 1
+    assert "records of calls: 3, 1 unchanged for [knative] record_retention_seconds deleted" in out

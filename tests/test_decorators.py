@@ -52,6 +52,53 @@ def test_context_parameter_that_cannot_reach_the_pod_is_refused():
         d()
 
 
+def _mapped_dag(name: str, map_it):
+    @dag(dag_id=f"k_mapped_ctx_{name}", schedule=None)
+    def d():
+        @task.knative(service="a")
+        def f(x, ti=None, logical_date=None):
+            return x
+
+        map_it(f)
+
+    return d
+
+
+@pytest.mark.parametrize(
+    "map_it",
+    [
+        pytest.param(lambda f: f.expand(x=[1, 2]), id="expand"),
+        pytest.param(
+            lambda f: f.partial(x=1).expand_kwargs([{"logical_date": 1}]), id="partial-expand_kwargs"
+        ),
+        pytest.param(lambda f: f.expand_kwargs([{"x": 1, "ti": 1}, {"x": 2}]), id="not-in-every-dict"),
+    ],
+)
+def test_a_mapped_task_with_a_context_parameter_that_cannot_cross_is_refused_at_parse_time(map_it):
+    """As for a plain task: the DAG does not parse (before, every mapped task failed at run time)."""
+    with pytest.raises(
+        ValueError, match=r"takes the Airflow context value '(ti|logical_date)'.*stays in Airflow"
+    ):
+        _mapped_dag("bad", map_it)()
+
+
+def test_a_mapped_task_given_the_parameter_by_every_mapped_argument_set_parses():
+    d = _mapped_dag("given", lambda f: f.expand_kwargs([{"x": 1, "ti": 1, "logical_date": 2}]))()
+    assert type(d.task_dict["f"]) is _KnativeMappedOperator
+
+
+def test_a_mapped_task_reading_the_context_through_kwargs_parses():
+    @dag(dag_id="k_mapped_kwargs", schedule=None)
+    def d():
+        @task.knative(service="a")
+        def f(x, params=None, **kwargs):
+            return x
+
+        f.expand(x=[1, 2])
+
+    assert type(d().task_dict["f"]) is _KnativeMappedOperator
+
+
 def _standalone_task(*args):
     """A fresh @task.knative operator (the example DAGs' tasks must stay untouched)."""
 
@@ -118,6 +165,51 @@ def test_local_mode_passes_spilled_arguments_by_reference(airflow_home, monkeypa
     n = 1024 * 1024 // 8
     assert xcom_value(run, "consume") == {"n": n, "sum": float(n * (n - 1) // 2), "last": float(n - 1)}
     assert "ref" in stored_xcom(run, "produce")
+
+
+@pytest.fixture(scope="module")
+def context_runtime(airflow_home):
+    from conftest import TEST_DAGS
+    from runtime_process import serving_tasks
+
+    with serving_tasks(TEST_DAGS, env={"AIRFLOW__KNATIVE__SIGNING_SECRET": ""}) as rt:
+        yield rt
+
+
+@pytest.fixture(params=["local", "runtime"])
+def where(request, monkeypatch):
+    """``@task.knative`` in local mode, or through a real runtime process."""
+    if request.param == "local":
+        monkeypatch.setenv("AIRFLOW__KNATIVE__LOCAL_MODE", "true")
+    else:
+        request.getfixturevalue("context_runtime")
+    return request.param
+
+
+def test_kwargs_receive_the_context_values_that_cross(airflow_home, where, capfd):
+    run = run_dag("knative_context_kwargs", conf={"who": "pod"}, module="knative_context")
+    out = capfd.readouterr().out
+    assert str(run.state) == "success", out[-4000:]
+    assert xcom_value(run, "greet") == {
+        "greeting": "hello pod",
+        "keys": ["dag_id", "map_index", "params", "run_id", "task_id", "try_number"],
+        "ids": ["knative_context_kwargs", "greet", -1, 1],
+        "run_id": run.run_id,
+    }
+    assert [xcom_value(run, "shout", map_index=i) for i in (0, 1)] == [
+        "A from map index 0",
+        "B from map index 1",
+    ]
+
+
+def test_a_kwargs_lookup_of_a_value_that_stays_in_airflow_says_so(airflow_home, where, capfd):
+    run = run_dag("knative_context_ti", module="knative_context")
+    out = capfd.readouterr().out
+    assert str(run.state) == "failed"
+    assert "ContextValueUnavailable" in out or "AirflowException: wants_ti: kwargs['ti']" in out, out[-4000:]
+    assert "kwargs['ti']: wants_ti() looks up the Airflow context value 'ti'" in out, out[-4000:]
+    assert "the context object stays in Airflow" in out
+    assert "only dag_id, task_id, run_id, map_index, try_number, params cross into it" in out
 
 
 def test_result_round_trip_keeps_types():

@@ -102,7 +102,9 @@ def test_concurrency_timeouts_autoscaling_and_resources(basic: Any) -> None:
     }
     env = _env(avg)
     assert env["AIRFLOW__KNATIVE__CONTAINER_CONCURRENCY"] == "8"  # the runtime matches the pod limit
-    assert env["AIRFLOW__KNATIVE__DRAIN_TIMEOUT_SECONDS"] == "600"
+    # the drain fits in what Knative's grace period (= timeoutSeconds) leaves after the
+    # queue-proxy's preStop drain (at least 30 s), with time to record the outcomes
+    assert env["AIRFLOW__KNATIVE__DRAIN_TIMEOUT_SECONDS"] == "565"
     assert env["LOG_FORMAT"] == "json"
     assert _container(avg)["resources"] == {
         "requests": {"cpu": "250m", "memory": "512Mi"},

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import airflow
 import httpx
 import pytest
+from replicas import Balancer
 from servers import free_port
 from tcp_proxy import TcpProxy
 
@@ -40,6 +43,7 @@ pytest_plugins = ["e2e_stack"]
 pytestmark = pytest.mark.e2e
 
 DAGS = Path(__file__).resolve().parent / "executor_dags"
+AIRFLOW_EXAMPLES = Path(airflow.__file__).parent / "example_dags"
 SECRET = "executor-e2e-secret"
 NEVER_DEADLINE = 6
 DRAIN = 20
@@ -82,6 +86,8 @@ class ExecStack:
     bucket: str
     s3_endpoint: str
     markers: Path
+    balancer: Balancer
+    replica_ports: list[int]
 
     # ------------------------------------------------------------------ REST helpers
     def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
@@ -188,6 +194,8 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
         shutil.copy(path, dags / path.name)
         if path.name != "exec_missing.py":
             shutil.copy(path, image / path.name)
+    for folder in (dags, image):  # one of Airflow's own examples, unmodified
+        shutil.copy(AIRFLOW_EXAMPLES / "example_inlet_event_extra.py", folder)
     markers = state / "markers"
     markers.mkdir()
     stack = LocalStack(
@@ -203,6 +211,8 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
             "AIRFLOW__KNATIVE__SIGNING_SECRET": SECRET,
             "AIRFLOW__KNATIVE__EXECUTOR_HEARTBEAT_GRACE_SECONDS": "15",
             "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "10",
+            # a DAG file added while the deployment runs is seen within seconds
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
@@ -216,6 +226,7 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
             "exec_replay",
             "exec_deadline",
             "exec_narrow",
+            "read_asset_event",
         ),
     )
     short_port = free_port()
@@ -226,6 +237,9 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
     never.bind(("127.0.0.1", 0))
     cold = RelayProxy(stack.runtime_port, cold_seconds=10)
     recorder = RelayProxy(stack.runtime_port)
+    # a Service with three replicas behind a balancer with no affinity (tests/replicas.py)
+    replica_ports = [free_port() for _ in range(3)]
+    balancer = Balancer(lambda: replica_ports, seed=21)
     stack.env.update(
         {
             "AIRFLOW_CONN_KNATIVE_COLD": json.dumps({"conn_type": "knative", "host": cold.url}),
@@ -236,6 +250,7 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
             "AIRFLOW_CONN_KNATIVE_NARROW": json.dumps(
                 {"conn_type": "knative", "host": f"http://127.0.0.1:{narrow_port}"}
             ),
+            "AIRFLOW_CONN_KNATIVE_REPLICAS": json.dumps({"conn_type": "knative", "host": balancer.url}),
             "AIRFLOW_CONN_KNATIVE_NEVER": json.dumps(
                 {
                     "conn_type": "knative",
@@ -250,7 +265,9 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
     stack.start_runtime("runtime-short", short_port, {"AIRFLOW__KNATIVE__REQUEST_TIMEOUT_SECONDS": "35"})
     # a third whose pod runs one task at a time
     stack.start_runtime("runtime-narrow", narrow_port, {"AIRFLOW__KNATIVE__CONTAINER_CONCURRENCY": "1"})
-    for port in (short_port, narrow_port):
+    for i, port in enumerate(replica_ports):
+        stack.start_runtime(f"replica-{i}", port, {"AIRFLOW__KNATIVE__RECORD_LEASE_SECONDS": "10"})
+    for port in (short_port, narrow_port, *replica_ports):
         _wait_until(
             lambda p=port: StackClient(f"http://127.0.0.1:{p}").ready("/readyz"), what=f"runtime :{port}"
         )
@@ -265,10 +282,13 @@ def ex(postgres_url: str, moto_server: str) -> Iterator[ExecStack]:
             bucket,
             moto_server,
             markers,
+            balancer,
+            replica_ports,
         )
     finally:
         client.close()
         stack.stop()
+        balancer.close()
         cold.close()
         recorder.close()
         never.close()
@@ -304,7 +324,10 @@ def test_unmodified_dags_run_on_the_executor(ex: ExecStack, runs: dict[str, Any]
     assert ex.xcom("exec_values", run_id, "stats", key="high") == 49
     assert ex.xcom("exec_values", run_id, "python_op") == {"from": "PythonOperator", "upstream": [0, 1, 2]}
     assert ex.xcom("exec_values", run_id, "bash_op") == "bash-says-40425"
-    assert ex.xcom("exec_values", run_id, "frame_sum") == sum(i / 2 for i in range(200_000))
+    # a bare float with an integral value is stored packed (SQLite would hand out an int), and
+    # the REST API shows its value
+    frame_sum = ex.xcom("exec_values", run_id, "frame_sum")
+    assert frame_sum["__data__"] == repr(sum(i / 2 for i in range(200_000))) and "packed" in frame_sum
     spilled = ex.xcom("exec_values", run_id, "frame")
     assert f"s3://{ex.bucket}/xcom/exec_values/" in json.dumps(spilled)  # the DataFrame went by reference
     # every task ran in the runtime, but the one that asked for LocalExecutor
@@ -397,12 +420,13 @@ def test_a_replayed_workload_request_runs_the_task_at_most_once(ex: ExecStack, r
     # 2. signed afresh, same delivery: the runtime joins the finished run and says how it ended
     again = post(body, protocol.sign(SECRET.encode(), body, path=protocol.WORKLOADS_PATH))
     assert again.status_code == 200 and '"exit"' in again.text
-    # 3. a new delivery of the same workload: Airflow refuses to run a task that already ran
+    # 3. a new delivery of the same workload: Airflow refuses to run a task that already ran, and
+    # the supervisor that lost that race says "elsewhere", never that the task finished
     request = protocol.WorkloadRequest.decode(body)
     request.delivery = str(uuid.uuid4())
     fresh = request.encode()
     third = post(fresh, protocol.sign(SECRET.encode(), fresh, path=protocol.WORKLOADS_PATH))
-    assert third.status_code == 200 and '"exit"' in third.text
+    assert third.status_code == 200 and '"elsewhere"' in third.text and '"exit"' not in third.text
     assert _lines(marker) == ["ran"]
     assert ex.ti("exec_replay", run_id, "once")["state"] == "success"
 
@@ -443,6 +467,103 @@ def test_a_task_marked_failed_or_cleared_is_stopped_in_the_runtime(ex: ExecStack
     assert time.monotonic() - stopped < 90
     assert _lines(failed_marker) == ["start 1"]  # stopped: never reached its end
     assert _lines(cleared_marker) == ["start 1", "start 2", "end 2"]
+
+
+def test_airflows_read_asset_event_example_runs_on_the_executor(ex: ExecStack) -> None:
+    """Airflow's ``example_inlet_event_extra.py``, unmodified, on the KnativeExecutor.
+
+    Its asset ``Asset("s3://output/1.txt")`` shares its URI with ``test-asset`` of Airflow's
+    ``example_outlet_event_extra.py``. Airflow keeps one active asset per URI: the one whose DAG
+    file the dag-processor wrote first; a task with the other in its inlets or outlets fails with
+    ``AirflowInactiveAssetInInletOrOutletException`` on every executor, LocalExecutor included.
+    With all of Airflow's examples loaded, which file is written first depends on the
+    dag-processor's parse order, so ``read_asset_event`` fails in some deployments and not in
+    others. Here the order is fixed: the reader's file is in the deployment from the start, the
+    producers' file arrives afterwards, and each side behaves as Airflow's rule says.
+    """
+    for folder in (ex.stack.dags_folder, ex.stack.runtime_dags_folder):
+        shutil.copy(AIRFLOW_EXAMPLES / "example_outlet_event_extra.py", folder)
+    _wait_until(
+        lambda: ex.client.dag_exists("asset_with_extra_by_yield", ex.token),
+        timeout=120,
+        what="the producers' DAG file to be parsed",
+    )
+    assets = ex.client.api("GET", "/assets", ex.token, params={"uri_pattern": "s3://output/1.txt"}).json()
+    (asset,) = [a for a in assets["assets"] if a["name"] == "s3://output/1.txt"]
+    for i in range(3):  # the example prints the extra of every event but the last two
+        response = ex.client.api(
+            "POST", "/assets/events", ex.token, json={"asset_id": asset["id"], "extra": {"hi": f"bye-{i}"}}
+        )
+        assert response.status_code == 200, response.text
+    runs = {
+        dag_id: ex.trigger(dag_id)
+        for dag_id in ("read_asset_event", "read_asset_event_from_classic", "asset_with_extra_by_yield")
+    }
+    assert ex.wait("read_asset_event", runs["read_asset_event"]) == "success"
+    assert "bye-0" in ex.log_with("bye-0", "read_asset_event", runs["read_asset_event"], "read_asset_event")
+    classic = runs["read_asset_event_from_classic"]
+    assert ex.wait("read_asset_event_from_classic", classic) == "success"
+    text = ex.log_with("bye-2", "read_asset_event_from_classic", classic, "read_asset_event_from_classic")
+    assert '\\"hi\\": \\"bye-2\\"' in text, text[-3000:]  # the last event's extra, as JSON in the log
+    # the producer's outlet is the asset Airflow did not activate: the mirror image of the failure
+    producer = runs["asset_with_extra_by_yield"]
+    assert ex.wait("asset_with_extra_by_yield", producer) == "failed"
+    text = ex.log_with("inactive assets", "asset_with_extra_by_yield", producer, "asset_with_extra_by_yield")
+    assert "AirflowInactiveAssetInInletOrOutletException" in text
+    assert "Asset(name='test-asset', uri='s3://output/1.txt')" in text
+    runtime_log = ex.runtime_log()
+    for dag_id, run_id in runs.items():
+        (ti,) = ex.tis(dag_id, run_id)
+        assert f"task instance {ti['id']} " in runtime_log, (dag_id, ti)
+
+
+def test_deliveries_cut_and_resent_across_replicas_run_every_task_once(ex: ExecStack) -> None:
+    """50 tasks on a Service of three replicas behind a balancer with no affinity: some event
+    streams are cut after the task started, some requests are cut after delivery, and some
+    deliveries are sent again (signed afresh) to a replica picked at random. Every task body runs
+    once, and no task that ran fine is failed."""
+    rng = random.Random(8)
+    captured: list[bytes] = []
+    real_cut = ex.balancer.cut
+
+    def cut(head: bytes) -> Any:
+        if not head.startswith(b"POST /workloads"):
+            return None
+        roll = rng.random()
+        return ("lines", 1) if roll < 0.3 else "request" if roll < 0.45 else None
+
+    ex.balancer.cut = cut
+    ex.balancer.keep = lambda head: head.startswith(b"POST /workloads")
+    marker = ex.marker("replicas")
+    try:
+        run_id = ex.trigger("exec_replicas", {"path": str(marker)})
+        _wait_until(lambda: len(_lines(marker)) >= 10, what="tasks to start on the replicas")
+        captured = list(ex.balancer.kept)
+        resent = []
+        for body in rng.sample(captured, min(10, len(captured))):
+            port = rng.choice(ex.replica_ports)
+            headers = {"Content-Type": protocol.CONTENT_TYPE}
+            headers.update(protocol.sign(SECRET.encode(), body, path=protocol.WORKLOADS_PATH))
+            with httpx.stream(
+                "POST",
+                f"http://127.0.0.1:{port}{protocol.WORKLOADS_PATH}",
+                content=body,
+                headers=headers,
+                timeout=60,
+            ) as response:
+                first = next(response.iter_lines(), "")
+            resent.append((response.status_code, first))
+        assert ex.wait("exec_replicas", run_id, timeout=300) == "success", ex.tis("exec_replicas", run_id)
+    finally:
+        ex.balancer.cut = real_cut
+    bodies = [ti for ti in ex.tis("exec_replicas", run_id) if ti["task_id"] == "body"]
+    assert len(bodies) == 50 and all(ti["state"] == "success" and ti["try_number"] == 1 for ti in bodies)
+    assert sorted(int(line) for line in _lines(marker)) == list(range(50))  # each body ran once
+    assert ex.xcom("exec_replicas", run_id, "total") == sum(3 * i for i in range(50))
+    assert ex.balancer.cuts >= 10
+    # a resent delivery is joined (its own replica) or answered from the record ("elsewhere")
+    for status, first in resent:
+        assert status == 200 and json.loads(first)["event"] in ("accepted", "elsewhere", "exit"), resent
 
 
 # ------------------------------------------------------------------ faults of the deployment

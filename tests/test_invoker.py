@@ -62,11 +62,19 @@ BROKEN = TransportFailure(FailureKind.BROKEN, "RemoteProtocolError: Server disco
 TIMEOUT = TransportFailure(FailureKind.TIMEOUT, "ReadTimeout")
 
 
+def _not_started(status: int, next_attempt: int) -> Response:
+    body = protocol.Result(
+        "not_started", error=protocol.RemoteError("NotStarted", "void"), next_attempt=next_attempt
+    ).encode()
+    return Response(status, protocol.CONTENT_TYPE, body)
+
+
 def drive(
     outcomes: Iterable[Response | TransportFailure],
     *,
     request: Request | None = None,
     idempotent: bool = False,
+    probe_first: bool = False,
     timeouts: Timeouts = TIMEOUTS,
     clock: FakeClock | None = None,
 ) -> tuple[list[Send | Wait], Response]:
@@ -76,6 +84,7 @@ def drive(
         request or Request(URL, b"body", invocation_id=ID),
         timeouts,
         idempotent=idempotent,
+        probe_first=probe_first,
         clock=clock,
         rng=lambda: 1.0,
     )
@@ -211,3 +220,57 @@ def test_every_attempt_is_signed_afresh() -> None:
     assert first[protocol.SIGNATURE_HEADER] != second[protocol.SIGNATURE_HEADER]
     status = request.status_request(30).headers()
     assert status[protocol.SIGNATURE_HEADER] and "Content-Type" not in status
+
+
+STATUS = f"http://svc.ns.svc.cluster.local/invocations/{ID.replace('/', '%2F')}"
+
+
+def test_an_attempt_the_record_declared_void_is_sent_again_as_the_next_attempt() -> None:
+    """The connection broke, the status query found no claim and voided attempt 1: the call is
+    sent again, as attempt 2 (signed for that path), and that answer is the outcome."""
+    steps, answer = drive([BROKEN, _not_started(404, 2), _ok(5)])
+    assert _sends(steps) == [("POST", URL), ("GET", f"{STATUS}?wait=30"), ("POST", f"{URL}?attempt=2")]
+    assert answer.status == 200
+    second = [s.request for s in steps if isinstance(s, Send)][2]
+    assert second.attempt == 2 and second.body == b"body"
+
+
+def test_a_late_copy_refused_as_void_is_resent_and_asked_about_as_its_attempt() -> None:
+    steps, answer = drive([_not_started(409, 3), BROKEN, Response(202, protocol.CONTENT_TYPE, b""), _ok()])
+    assert _sends(steps) == [
+        ("POST", URL),
+        ("POST", f"{URL}?attempt=3"),
+        ("GET", f"{STATUS}?wait=30&attempt=3"),
+        ("GET", f"{STATUS}?wait=30&attempt=3"),
+    ]
+    assert answer.status == 200
+
+
+def test_a_restored_call_asks_before_it_sends_and_follows_a_running_one() -> None:
+    steps, answer = drive([Response(202, protocol.CONTENT_TYPE, b""), _ok(9)], probe_first=True)
+    assert _sends(steps) == [("GET", f"{STATUS}?wait=0&probe=1"), ("GET", f"{STATUS}?wait=30")]
+    assert answer.status == 200
+
+
+def test_a_restored_call_that_never_started_is_sent() -> None:
+    steps, answer = drive([_not_started(404, 1), _ok()], probe_first=True)
+    assert _sends(steps) == [("GET", f"{STATUS}?wait=0&probe=1"), ("POST", URL)]
+    finished, answer = drive([_protocol_error(500, "ValueError")], probe_first=True)
+    assert answer.status == 500 and len(_sends(finished)) == 1  # it ran: its outcome, not a resend
+
+
+def test_an_idempotent_call_whose_pod_went_away_runs_again_as_a_new_attempt() -> None:
+    steps, answer = drive([BROKEN, _protocol_error(500, protocol.ABANDONED), _ok()], idempotent=True)
+    assert _sends(steps)[-1] == ("POST", f"{URL}?attempt=2") and answer.status == 200
+    steps, answer = drive([_protocol_error(500, protocol.ABANDONED)])
+    assert answer.status == 500  # not idempotent: the definite failure is the answer
+
+
+def test_a_record_that_cannot_be_read_is_the_only_unknown_left() -> None:
+    with pytest.raises(OutcomeUnknownError, match="could not be read"):
+        drive([BROKEN, *[_protocol_error(503, "RecordUnavailable")] * 200])
+
+
+def test_a_store_outage_at_the_claim_is_retried_as_not_started() -> None:
+    steps, answer = drive([_protocol_error(503, "StoreUnavailable")] * 3 + [_ok()])
+    assert _sends(steps) == [("POST", URL)] * 4 and answer.status == 200

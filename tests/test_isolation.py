@@ -7,6 +7,7 @@ from the fork server, so module globals, the working directory and crashes stay 
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,10 +49,32 @@ def test_sixteen_concurrent_calls_mutating_a_global_are_all_correct_in_process_m
     assert all(value == i for i, value in results), results
 
 
-def test_thread_mode_shares_module_globals_as_the_readme_says(thread_rt: RuntimeProcess) -> None:
-    results = _sixteen_scratch_calls(thread_rt)
-    assert sum(value != i for i, value in results) > 0  # what process isolation is for
+def _overlapping_calls(rt: RuntimeProcess, tmp_path: Path) -> tuple[object, object]:
+    """Call "a" sets the global and waits; call "b" sets it meanwhile; then "a" reads it back.
+    Ordered by files the calls write and wait for, so no step depends on the machine's speed."""
+    gate = tmp_path / "gate"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(rt.invoke, "runtime_isolation/scratch_until", "a", str(gate))
+        deadline = time.monotonic() + 60
+        while not Path(f"{gate}.set").exists():
+            assert time.monotonic() < deadline and not first.done(), "call a never set the global"
+            time.sleep(0.01)
+        already_open = tmp_path / "open"
+        already_open.touch()
+        second = rt.invoke("runtime_isolation/scratch_until", "b", str(already_open))[1].value
+        gate.touch()
+        return first.result(timeout=60)[1].value, second
+
+
+def test_thread_mode_shares_module_globals_as_the_readme_says(
+    thread_rt: RuntimeProcess, tmp_path: Path
+) -> None:
+    assert _overlapping_calls(thread_rt, tmp_path) == ("b", "b")  # what process isolation is for
     assert [thread_rt.invoke("runtime_isolation/visits")[1].value for _ in range(3)][-1] >= 3
+
+
+def test_process_mode_keeps_each_calls_globals_its_own(process_rt: RuntimeProcess, tmp_path: Path) -> None:
+    assert _overlapping_calls(process_rt, tmp_path) == ("a", "b")
 
 
 def test_every_call_starts_from_the_imported_state_in_process_mode(process_rt: RuntimeProcess) -> None:

@@ -47,11 +47,18 @@ def test_average_dag_sums_counts_and_averages_params(runtime, capfd):
     assert xcom_value(run, "compute_sum") == 63.5
     assert xcom_value(run, "compute_count") == 3
     assert xcom_value(run, "compute_avg") == pytest.approx(63.5 / 3)
-    # the function's print() is fenced into the Airflow task log
-    assert re.search(r"---- remote logs \(avg-worker, \d+\.\d\d s\) ----\s+extracting 3 values", out), out[
-        -5000:
-    ]
-    assert "---- end of remote logs ----" in out
+    # the function's print() is fenced into the Airflow task log, line by line as it runs, and
+    # the call's last line says where its time went
+    opened = out.index("---- remote logs (avg-worker), as it runs ----")
+    line = out.index("extracting 3 values", opened)
+    closed = out.index("---- end of remote logs ----", line)
+    timing = out.index("Knative call to avg-worker: ", closed)
+    assert re.match(
+        r"Knative call to avg-worker: \d+\.\d\d s = waiting for the Service \d+\.\d\d s \(1 attempt\) \+ "
+        r"queued in the pod \d+\.\d\d s \+ fetching arguments .* \+ the function \d+\.\d\d s \+ "
+        r"spilling the result .* ran on \S+:\d+",
+        out[timing:],
+    ), out[timing : timing + 400]
 
 
 def test_average_dag_deferrable(runtime, capfd):

@@ -55,7 +55,7 @@ def test_result_and_health_endpoints(rt: RuntimeProcess) -> None:
     assert result.error is None and result.duration_seconds > 0
     assert httpx.get(rt.url + "/healthz").json() == {"status": "ok", "in_flight": 0}
     ready = httpx.get(rt.url + "/readyz")
-    assert ready.status_code == 200 and ready.json()["functions"] == 12
+    assert ready.status_code == 200 and ready.json()["functions"] == 13
 
 
 def test_only_knative_tasks_are_registered(rt: RuntimeProcess) -> None:
@@ -213,16 +213,24 @@ def test_server_survives_all_bad_input(rt: RuntimeProcess) -> None:
 # --- concurrency ---------------------------------------------------------------------------
 
 
+def _wait_in_flight(rt: RuntimeProcess, n: int, timeout: float = 60.0) -> None:
+    """Until ``n`` calls run in the runtime at once (its own count), not a guessed delay."""
+    deadline = time.monotonic() + timeout
+    while httpx.get(rt.url + "/healthz", timeout=10).json()["in_flight"] < n:
+        assert time.monotonic() < deadline, f"{n} calls never ran at once"
+        time.sleep(0.02)
+
+
 def test_cpu_bound_calls_do_not_block_health_probes(rt: RuntimeProcess) -> None:
     done = threading.Event()
 
     def burn() -> None:
-        rt.invoke("runtime_basic/burn", 1.5)
+        rt.invoke("runtime_basic/burn", 3.0)
 
     threads = [threading.Thread(target=burn) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    _wait_in_flight(rt, 4)
     answered = []
     for _ in range(5):
         resp = httpx.get(rt.url + "/healthz", timeout=5)
@@ -353,28 +361,34 @@ def test_reference_argument_and_spilled_result_through_a_file_store(
 # --- SIGTERM -------------------------------------------------------------------------------
 
 
-def test_sigterm_drains_16_in_flight_calls_then_exits_0() -> None:
-    env = {"AIRFLOW__KNATIVE__CONTAINER_CONCURRENCY": "16", "AIRFLOW__KNATIVE__DRAIN_TIMEOUT_SECONDS": "30"}
+def test_sigterm_drains_16_in_flight_calls_then_exits_0(tmp_path: Path) -> None:
+    """Each call runs until the test opens its gate, so no step depends on how fast a loaded
+    machine is: all 16 run, SIGTERM, no new connection is accepted, and the 16 still finish."""
+    env = {"AIRFLOW__KNATIVE__CONTAINER_CONCURRENCY": "16", "AIRFLOW__KNATIVE__DRAIN_TIMEOUT_SECONDS": "60"}
+    gate = tmp_path / "gate"
     runtime = start_runtime(BASIC, env=env)
     try:
-        source = runtime.functions()["runtime_basic/sleepy"]
+        source = runtime.functions()["runtime_basic/wait_for_file"]
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             futures = [
-                pool.submit(runtime.invoke, "runtime_basic/sleepy", 3.0, source_hash=source)
+                pool.submit(runtime.invoke, "runtime_basic/wait_for_file", str(gate), source_hash=source)
                 for _ in range(16)
             ]
-            deadline = time.monotonic() + 30
-            while httpx.get(runtime.url + "/healthz").json()["in_flight"] < 16:  # all 16 inside the function
-                assert time.monotonic() < deadline, "the 16 calls never ran at once"
-                time.sleep(0.02)
-            assert not any(f.done() for f in futures)
+            _wait_in_flight(runtime, 16)
             runtime.terminate()
-            time.sleep(0.3)
-            with pytest.raises(httpx.ConnectError):  # no longer accepting
-                httpx.get(runtime.url + "/healthz", timeout=2)
-            results = [f.result(timeout=30) for f in futures]
-        assert [(r.status_code, res.value) for r, res in results] == [(200, 3.0)] * 16
-        assert runtime.proc.wait(timeout=30) == 0
+            deadline = time.monotonic() + 30
+            while True:  # the listening socket closes: no longer accepting
+                try:
+                    httpx.get(runtime.url + "/healthz", timeout=2)
+                except httpx.ConnectError:
+                    break
+                assert time.monotonic() < deadline, "still accepting connections 30 s after SIGTERM"
+                time.sleep(0.02)
+            assert not any(f.done() for f in futures)  # the drain holds them
+            gate.touch()
+            results = [f.result(timeout=60) for f in futures]
+        assert [(r.status_code, res.value) for r, res in results] == [(200, str(gate))] * 16
+        assert runtime.proc.wait(timeout=60) == 0
     finally:
         runtime.stop()
     assert "draining in-flight calls" in runtime.output()

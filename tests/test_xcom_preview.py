@@ -9,6 +9,7 @@ import decimal
 import json
 from collections import namedtuple
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ import pytest
 from airflow.serialization.stringify import stringify
 from exact_values import assert_same, values
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from airflow_provider_knative import codec, preview, xcom
 from airflow_provider_knative.codec import ObjectRef
@@ -72,8 +74,22 @@ def frame(rows: int) -> pd.DataFrame:
         (np.float64(1.5), "numpy.float64@version=1(np.float64(1.5))"),
         (
             [np.int32(7), pd.Timestamp("2024-01-01")],
-            "builtins.list@version=1([np.int32(7), Timestamp('2024-01-01 00:00:00')])",
+            "builtins.list@version=1([np.int32(7), 2024-01-01T00:00:00])",
         ),
+        # nested datetimes, dates, times and timedeltas: ISO 8601 as at the top level, not reprs
+        (
+            {"at": dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=ZoneInfo("Asia/Kolkata"))},
+            "builtins.dict@version=1({'at': 2024-05-06T07:08:09+05:30})",
+        ),
+        (
+            [dt.date(2024, 5, 6), dt.time(7, 8, 9), dt.timedelta(days=1, seconds=5, microseconds=3)],
+            "builtins.list@version=1([2024-05-06, 07:08:09, P1DT5.000003S])",
+        ),
+        (
+            (dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc), dt.timedelta(hours=-1)),
+            "builtins.tuple@version=1((2024-05-06T07:08:09+00:00, -PT1H))",
+        ),
+        (dt.timedelta(minutes=90), "datetime.timedelta@version=1(PT1H30M)"),
         ((np.arange(3), 1), "builtins.tuple@version=1(([0, 1, 2], 1))"),
     ],
     ids=repr,
@@ -90,6 +106,24 @@ def test_packed_values_show_as_text_and_read_back_exactly(file_store: str, value
         np.testing.assert_array_equal(back[0], value[0])
     else:
         assert back == value
+
+
+@settings(max_examples=500)
+@given(value=st.timedeltas())
+def test_a_timedelta_is_written_as_airflows_api_writes_it(value: dt.timedelta) -> None:
+    """Airflow's REST API models are pydantic's: their ISO 8601 duration is the oracle."""
+    from pydantic import TypeAdapter
+
+    assert preview.temporal(value) == json.loads(TypeAdapter(dt.timedelta).dump_json(value))
+
+
+def test_a_nested_temporal_value_shows_as_it_does_alone() -> None:
+    zone = ZoneInfo("Asia/Kolkata")
+    for value in (dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=zone), dt.date(2024, 5, 6), dt.time(7, 8, 9)):
+        alone = preview.of(value)
+        assert alone == value.isoformat()
+        assert preview.of([value]) == f"[{alone}]" and preview.of({"k": value}) == f"{{'k': {alone}}}"
+    assert "zoneinfo" not in preview.of({"at": dt.datetime(2024, 5, 6, tzinfo=zone)})
 
 
 def test_small_frame_shows_its_rows(file_store: str) -> None:

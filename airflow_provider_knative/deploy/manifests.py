@@ -80,6 +80,23 @@ class ManifestOptions:
     remote_log_folder: str | None = None
 
 
+#: Knative gives a pod its revision's ``timeoutSeconds`` as termination grace period; the user
+#: container's preStop hook first waits for the queue-proxy to drain, which takes at least this
+#: long (its drain sleep), so the runtime's own drain gets the rest
+KNATIVE_PRESTOP_DRAIN_SECONDS = 30
+#: what the runtime needs after its drain: record how each call it still owns ended, then exit
+RECORD_MARGIN_SECONDS = 5
+#: the shortest drain the runtime is given, whatever the timeout
+MIN_DRAIN_SECONDS = 5
+
+
+def drain_seconds(timeout_seconds: int) -> int:
+    """The runtime's ``drain_timeout_seconds`` for a Service with ``timeout_seconds``: what is
+    left of Knative's grace period (= the timeout) after the queue-proxy's preStop drain, minus
+    the time to record outcomes, so the process exits before the kubelet's SIGKILL."""
+    return max(MIN_DRAIN_SECONDS, timeout_seconds - KNATIVE_PRESTOP_DRAIN_SECONDS - RECORD_MARGIN_SECONDS)
+
+
 def security_context(settings: dict[str, Any]) -> dict[str, Any]:
     """The container's securityContext: everything Pod Security "restricted" requires.
 
@@ -112,7 +129,7 @@ def _env(spec: ServiceSpec, options: ManifestOptions) -> list[dict[str, Any]]:
         },
         {
             "name": config.OPTIONS["drain_timeout_seconds"].env_var,
-            "value": str(settings["timeout_seconds"]),
+            "value": str(drain_seconds(settings["timeout_seconds"])),
         },
     ]
     if options.signing_secret:

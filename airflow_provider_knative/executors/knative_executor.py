@@ -66,6 +66,22 @@ EXTERNAL_ID_PREFIX = "knative|"
 RECONCILE_SECONDS = 5.0
 #: how long a stream may stay silent: the runtime sends ``alive`` every 5 s
 STREAM_READ_TIMEOUT_SECONDS = 30.0
+#: the events after which a workload stream has nothing more to say
+_FINAL_EVENTS = frozenset({protocol.EVENT_EXIT, protocol.EVENT_ELSEWHERE, protocol.EVENT_REFUSED})
+
+
+async def _events(lines: Any) -> Any:
+    """The workload events of an event stream (one JSON object per line)."""
+    async for line in lines:
+        if line.strip():
+            yield json.loads(line)
+
+
+def httpx_errors() -> type[Exception]:
+    """The transport errors of a stream that breaks while it is read."""
+    import httpx
+
+    return httpx.TransportError
 
 
 @dataclass
@@ -169,28 +185,34 @@ class KnativeExecutor(BaseExecutor):
             timeouts = Timeouts(
                 settings.timeouts.connect, STREAM_READ_TIMEOUT_SECONDS, settings.timeouts.startup_deadline
             )
-            # Sending a workload again is safe (the runtime joins a known delivery; ti_run fences
-            # a task instance that is no longer QUEUED), so every failure before an answer is retried.
-            async with hook.astream(Request(url, body), timeouts, idempotent=True) as (head, lines):
-                if head.status != 200:
-                    put("refused", _refusal(head, url, target.service))
-                    return
-                async for line in lines:
-                    event = json.loads(line) if line.strip() else {}
-                    if event.get("event") == protocol.EVENT_ACCEPTED:
-                        accepted = True
-                        put(
-                            "accepted",
-                            f"{EXTERNAL_ID_PREFIX}{delivery}|{target.service}|{event.get('runtime')}",
-                        )
-                    elif event.get("event") == protocol.EVENT_EXIT:
-                        put(
-                            "exit",
-                            f"code {event.get('code')}"
-                            + (f": {event['reason']}" if event.get("reason") else ""),
-                        )
+            # What provably did not start is sent again (connection refused, 503 not started, an
+            # attempt the record declared void); a delivery that may have started is asked about
+            # (GET /workloads/<delivery>), which any replica answers from its record.
+            request = Request(url, body, invocation_id=delivery)
+            try:
+                async with hook.astream(request, timeouts) as (head, lines):
+                    if head.status != 200:
+                        put("refused", _refusal(head, url, target.service))
                         return
-            put("lost", "the workload stream ended without an exit event")
+                    async for event in _events(lines):
+                        accepted = self._event(event, put, delivery, target.service) or accepted
+                        if event.get("event") in _FINAL_EVENTS:
+                            return
+            except (InvocationError, httpx_errors()) as exc:
+                if not accepted:
+                    raise
+                lost = f"{type(exc).__name__}: {exc}"
+            else:
+                lost = "the workload stream ended without an exit event"
+            # the stream broke after the task started: ask the delivery's record where it stands
+            status = Request(request.status_request(0.0).url, b"", method="GET")
+            async with hook.astream(status, timeouts, idempotent=True) as (head, lines):
+                if head.status == 200:
+                    async for event in _events(lines):
+                        self._event(event, put, delivery, target.service)
+                        if event.get("event") in _FINAL_EVENTS:
+                            return
+            put("lost", lost)
         except asyncio.CancelledError:
             raise
         except InvocationError as exc:
@@ -202,6 +224,24 @@ class KnativeExecutor(BaseExecutor):
             put("refused", f"Knative Service {target.service!r}: {exc}")
         except Exception as exc:  # the stream broke: the task may be running; the database decides
             put("lost", f"{type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _event(event: dict[str, Any], put: Any, delivery: str, service: str) -> bool:
+        """Report one workload event to the scheduler's side; True once the task was accepted."""
+        kind = event.get("event")
+        if kind == protocol.EVENT_ACCEPTED:
+            put("accepted", f"{EXTERNAL_ID_PREFIX}{delivery}|{service}|{event.get('runtime')}")
+            return True
+        if kind == protocol.EVENT_EXIT:
+            put("exit", f"code {event.get('code')}" + (f": {event['reason']}" if event.get("reason") else ""))
+        elif kind == protocol.EVENT_ELSEWHERE:
+            put("elsewhere", f"{event.get('reason') or 'runs elsewhere'} (pod {event.get('runtime')})")
+        elif kind == protocol.EVENT_REFUSED:
+            put(
+                "refused",
+                f"Knative Service {service!r} refused the task: {event.get('type')}: {event.get('message')}",
+            )
+        return False
 
     # ------------------------------------------------------------------ back to the scheduler
 
@@ -216,6 +256,13 @@ class KnativeExecutor(BaseExecutor):
                 continue  # a superseded delivery of a reused key: reporting it would fail the new one
             if event.kind == "accepted":
                 self.running_state(key, event.info)
+                continue
+            if event.kind == "elsewhere":
+                # another replica (or another delivery's supervisor) runs the task: never report
+                # it finished; follow it in the database like a task whose stream was lost
+                self.log.info("%s runs elsewhere (%s); following it in the database", key, event.info)
+                self._in_flight.pop(key, None)
+                self._detached[key] = (time.monotonic(), event.info)
                 continue
             self._in_flight.pop(key, None)
             self._deliveries.pop(key, None)

@@ -273,11 +273,14 @@ def _child(job: int, kind: str, payload: Any, write_fd: int, control: socket.soc
         os.dup2(devnull, 0)
         os.close(devnull)
 
+        writing = threading.Lock()  # the job's threads (its live output's flusher) emit too
+
         def emit(data: Any) -> None:
             blob = msgpack.packb(data, use_bin_type=True)
             view = memoryview(_LEN.pack(len(blob)) + blob)
-            while view:
-                view = view[os.write(write_fd, view) :]
+            with writing:
+                while view:
+                    view = view[os.write(write_fd, view) :]
 
         _resolve(kind)(payload, emit)
     except BaseException:  # the handler reports its own errors; this is a bug in it
@@ -436,6 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     loader.set_current(registry)
     for kind in HANDLERS:  # imported here once, not in every child
         _resolve(kind)
+    from airflow_provider_knative.runtime import claims
+
+    claims.warm()
     info = {
         "functions": [
             {

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -34,6 +34,8 @@ class Entry(Generic[T]):
     """One invocation id: running until ``outcome`` is set."""
 
     started: float
+    #: what identifies the request that began it (the runtime keeps its digest and signature)
+    request: Any = None
     done: threading.Event = field(default_factory=threading.Event)
     outcome: T | None = None
     finished: float = 0.0
@@ -59,22 +61,25 @@ class Ledger(Generic[T]):
         self._finished_bytes = 0
         self._lock = threading.Lock()
 
-    def begin(self, invocation_id: str) -> tuple[Entry[T], bool]:
+    def begin(self, invocation_id: str, request: Any = None) -> tuple[Entry[T], bool]:
         """The entry for ``invocation_id`` and whether the caller must run it (first sight)."""
         with self._lock:
             self._evict()
             entry = self._entries.get(invocation_id)
             if entry is not None:
                 return entry, False
-            entry = Entry(started=self._clock())
+            entry = Entry(started=self._clock(), request=request)
             self._entries[invocation_id] = entry
             return entry, True
 
     def finish(self, invocation_id: str, outcome: T) -> None:
-        """Record the outcome of a run this caller began; wake everyone waiting for it."""
+        """Record the outcome of a run this caller began; wake everyone waiting for it.
+
+        The first outcome stays: a call ended early (cancelled, or stopped by the drain) keeps
+        that outcome when its thread returns later."""
         with self._lock:
             entry = self._entries.get(invocation_id)
-            if entry is None:  # pragma: no cover - begin() always precedes finish()
+            if entry is None or entry.done.is_set():
                 return
             entry.outcome = outcome
             entry.finished = self._clock()

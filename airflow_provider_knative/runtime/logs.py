@@ -19,6 +19,7 @@ import logging
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any, TextIO
 
 _current: contextvars.ContextVar[LogCapture | None] = contextvars.ContextVar("knative_log", default=None)
@@ -31,8 +32,10 @@ class LogCapture:
     last messages before a failure.
     """
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, listener: Callable[[str], None] | None = None) -> None:
         self.max_bytes = max(0, max_bytes)
+        #: sees every piece as it is written (the call's live output: ``livelog.Journal``)
+        self.listener = listener
         self._head_limit = self.max_bytes // 2
         self._tail_limit = self.max_bytes - self._head_limit
         self._head: list[str] = []
@@ -45,6 +48,8 @@ class LogCapture:
     def write(self, text: str) -> None:
         if not text:
             return
+        if self.listener is not None:
+            self.listener(text)
         data_len = len(text.encode("utf-8", "replace"))
         with self._lock:
             if self._tail_bytes == 0 and self._head_bytes + data_len <= self._head_limit:
@@ -149,9 +154,11 @@ def install(level: int = logging.INFO) -> None:
         _installed = True
 
 
-def start(max_bytes: int) -> tuple[LogCapture, contextvars.Token[LogCapture | None]]:
+def start(
+    max_bytes: int, listener: Callable[[str], None] | None = None
+) -> tuple[LogCapture, contextvars.Token[LogCapture | None]]:
     """Begin capturing for the calling context (a worker thread running one invocation)."""
-    capture = LogCapture(max_bytes)
+    capture = LogCapture(max_bytes, listener)
     return capture, _current.set(capture)
 
 

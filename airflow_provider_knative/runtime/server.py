@@ -26,9 +26,9 @@ from typing import Any
 
 import uvicorn
 
-from airflow_provider_knative import config, versions
+from airflow_provider_knative import config, records, versions
 from airflow_provider_knative.functions import FunctionInfo
-from airflow_provider_knative.runtime import invoke, isolation, loader, logs
+from airflow_provider_knative.runtime import claims, invoke, isolation, loader, logs
 from airflow_provider_knative.runtime.app import WORKLOAD_STOP_SECONDS, RuntimeApp, RuntimeState
 from airflow_provider_knative.runtime.forkserver import ForkServer
 from airflow_provider_knative.runtime.http import GuardedHttpToolsProtocol
@@ -60,7 +60,12 @@ class _Server(uvicorn.Server):
     """uvicorn.Server that marks the runtime as draining and exits 0 after a graceful stop.
 
     uvicorn >= 0.29 re-raises the captured SIGTERM after shutdown, which would end the
-    process with -15 even after a clean drain; Knative and our tests expect exit 0.
+    process with -15 even after a clean drain; Knative and our tests expect exit 0. For the same
+    reason the signal handlers are not given back when the server stops: a SIGTERM that arrives
+    while the process finishes its exit (stopping workloads, the fork server, the workers) would
+    otherwise kill it with -15 instead of the exit code the drain decided (0, or 1 when calls
+    outlived it). From the first SIGTERM on, the process is on its way out; later ones change
+    nothing (SIGKILL still ends it at once).
     """
 
     def __init__(self, config_: uvicorn.Config, app: RuntimeApp, drain: float, on_started: Any) -> None:
@@ -76,12 +81,13 @@ class _Server(uvicorn.Server):
             yield
             return
         handled = (signal.SIGINT, signal.SIGTERM)
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        for sig in handled:
+            signal.signal(sig, self.handle_exit)
         try:
             yield
         finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
+            for sig in handled:  # ignored, not logged: a handler could interrupt a write to stderr
+                signal.signal(sig, signal.SIG_IGN)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.state.draining:
@@ -251,6 +257,7 @@ def serve(dags_folder: str, host: str, port: int, tls: TLS | None = None) -> int
         log_max_bytes=config.get("log_max_bytes"),
         signing_secret=secret,
         signature_max_age_seconds=float(config.get("signature_max_age_seconds")),
+        replica=claims.replica_name(),
     )
     workers = config.get("container_concurrency") or UNLIMITED_WORKERS
     drain = float(config.get("drain_timeout_seconds"))
@@ -259,18 +266,37 @@ def serve(dags_folder: str, host: str, port: int, tls: TLS | None = None) -> int
     state = RuntimeState()
     pool = Workers(workers, name="knative-invoke")
     forks = ForkServer(dags_folder, workloads=workloads) if mode == "process" or workloads else None
+    book = claims.open_records(records.INVOCATIONS)
+    ended: list[Any] = []  # the app, once it exists: told when a call ends by cancel or drain
+    leases = (
+        claims.Leases(book, lambda *args: ended[0].call_ended(*args) if ended else None)
+        if book is not None
+        else None
+    )
+    if book is None:
+        log.warning(
+            "no store for the record of calls ([knative] xcom_store_url is not set): this runtime "
+            "remembers calls in its own memory only, so at-most-once, re-attach and replay protection "
+            "hold for ONE replica. A Knative Service with several pods needs the store"
+        )
+    else:
+        log.info("the record of every call is kept in %s (lease %g s)", book.where, book.lease_seconds)
     if mode == "process":
         assert forks is not None
-        runner = isolation.ProcessRunner(forks, limits)
-        app = RuntimeApp(state, limits, pool, runner, on_expire=runner.kill_all)
+        runner = isolation.ProcessRunner(forks, limits, leases)
+        app = RuntimeApp(state, limits, pool, runner, on_expire=runner.kill_all, records_=book, leases=leases)
     else:
-        app = RuntimeApp(state, limits, pool, isolation.run_in_thread(limits))
+        app = RuntimeApp(
+            state, limits, pool, isolation.run_in_thread(limits, leases), records_=book, leases=leases
+        )
+    ended.append(app)
     if workloads:
         assert forks is not None
         app.workloads = WorkloadRuns(
             forks,
             capacity=config.get("container_concurrency"),
             request_timeout=float(config.get("request_timeout_seconds")),
+            records_=claims.open_records(records.DELIVERIES),
         )
     load: tuple[Any, ...] = (_boot, (dags_folder, state, t0, forks, mode != "process"))
 
@@ -313,9 +339,11 @@ def serve(dags_folder: str, host: str, port: int, tls: TLS | None = None) -> int
         if forks is not None:
             forks.close()
     pool.shutdown()
-    if app.in_flight or forks_failed:
+    if app.in_flight or app.outlived or forks_failed:
         log.error(
-            "drain timeout (%s s) passed with %d call(s) still running; exiting 1", drain, app.in_flight
+            "drain timeout (%s s) passed with %d call(s) still running; exiting 1",
+            drain,
+            max(app.in_flight, app.outlived),
         )
         sys.stdout.flush()
         sys.stderr.flush()

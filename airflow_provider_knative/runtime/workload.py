@@ -105,9 +105,34 @@ def run_in_child(payload: dict[str, Any], emit: Callable[[Any], None]) -> None:
         return
     emit(["accepted", {"pid": os.getpid()}])
     configure_logging(output=sys.stdout.buffer, json_output=True)
-    code = airflow_compat.run_task_workload(
-        workload,
-        server=payload.get("server") or None,
-        proctitle=f"airflow supervisor (knative): {airflow_compat.workload_display_name(workload)}",
-    )
+    try:
+        code = airflow_compat.run_task_workload(
+            workload,
+            server=payload.get("server") or None,
+            proctitle=f"airflow supervisor (knative): {airflow_compat.workload_display_name(workload)}",
+        )
+    except Exception as exc:
+        superseded = _lost_ti_run(exc)
+        if superseded is None:
+            raise
+        emit(["superseded", superseded])
+        return
     emit(["exit", code if code >= 0 else 128 - code])
+
+
+def _lost_ti_run(exc: BaseException) -> str | None:
+    """Why the supervisor did not start the task, when Airflow refused its ``ti_run`` because
+    the task instance is no longer queued (another delivery of this try started it first, or
+    it was cleared or marked meanwhile); None for any other failure.
+
+    That supervisor must never be reported as a finished task: the scheduler would then fail a
+    task that another supervisor runs fine.
+    """
+    response = getattr(exc, "response", None)
+    if getattr(response, "status_code", None) != 409:
+        return None
+    detail = getattr(exc, "detail", None)
+    return (
+        "Airflow refused to start this task instance here (ti_run answered 409: it is no longer "
+        f"queued, another delivery runs it or it was cleared): {detail or exc}"
+    )

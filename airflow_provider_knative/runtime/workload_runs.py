@@ -7,6 +7,13 @@ A second request for the same delivery joins the run instead of starting another
 never stops because its client went away: after a scheduler restart the task goes on, and
 the new scheduler adopts it from the database.
 
+With a store, every delivery has a record (``records.py``): a replica starts a supervisor only
+after its create-only claim of the delivery won. A replica that loses answers from the record
+instead: "elsewhere" (another pod runs it; the executor follows the task in Airflow's database)
+or the recorded end of it. A supervisor that loses Airflow's own ``ti_run`` race (another
+delivery of the same try started first) ends with "elsewhere" too, never with "exit": the
+executor must not report a task as finished that another supervisor runs.
+
 The runtime stops a run itself in two cases, each with a reason the task log and the executor
 see: shortly before the Knative request timeout (``[knative] request_timeout_seconds``), so
 Airflow's retries apply instead of the request being cut; and at the end of the drain when the
@@ -29,16 +36,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_knative import protocol, task_logs
-from airflow_provider_knative.errors import KnativeError
+from airflow_provider_knative import protocol, records, task_logs
+from airflow_provider_knative.errors import KnativeError, StoreError
+from airflow_provider_knative.runtime.claims import FOLLOW, Claimer, Leases
 from airflow_provider_knative.runtime.forkserver import ForkServer, Job
 
 log = logging.getLogger("airflow_provider_knative.runtime")
 
 #: seconds between ``alive`` events on a workload stream
 ALIVE_SECONDS = 5.0
-#: seconds between uploads of a running task's log (when remote logging is configured)
-LOG_UPLOAD_SECONDS = 5.0
+#: seconds between uploads of a running task's log (when remote logging is configured): the UI
+#: shows a task's lines within about this long, as it does for a local worker's
+LOG_UPLOAD_SECONDS = 1.5
 #: a run is stopped this long before the Knative request timeout, so its answer still arrives
 TIMEOUT_MARGIN_SECONDS = 15.0
 #: how long a finished run is remembered (a resent delivery joins it instead of starting again)
@@ -50,6 +59,11 @@ TASK_KILL_GRACE_SECONDS = 5.0
 #: stack) a burst of tasks would bounce off a full runtime and back off for seconds while slots
 #: free up. Shorter than the executor's stream read timeout, so the client is still there.
 ADMISSION_WAIT_SECONDS = 20.0
+#: what the record says of a task whose pod stopped (SIGTERM) before its supervisor ended
+DRAIN_STOPPED = (
+    "the pod running it shut down (SIGTERM: scale-down or a new revision) before its supervisor "
+    "ended; Airflow's state of the task decides"
+)
 
 
 @dataclass
@@ -67,24 +81,70 @@ class Run:
     finished_at: float = 0.0
     stop_reason: str = ""
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    #: the claim this run holds in the record (None without a store)
+    claim: Claimer | None = None
+    recorded: bool = False
 
 
 class Busy(KnativeError):
     """The runtime runs as many workloads as it may (``container_concurrency``)."""
 
 
+class Refused(KnativeError):
+    """The delivery's record refuses it: ``answer`` is the HTTP answer (status, Result, error)."""
+
+    def __init__(self, answer: tuple[int, bytes, str]) -> None:
+        super().__init__(answer[2])
+        self.answer = answer
+
+
+class Elsewhere(KnativeError):
+    """Another replica holds the delivery's claim: ``events`` is what the record says of it."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        super().__init__("delivered elsewhere")
+        self.events = events
+
+
+def record_events(state: records.State, delivery: str) -> list[dict[str, Any]]:
+    """What a delivery's record says, as workload events: its recorded end, or "elsewhere"."""
+    if isinstance(state, records.Finished) and state.how == "returned":
+        return [json.loads(line) for line in state.body.splitlines() if line.strip()]
+    if isinstance(state, records.Finished):  # abandoned: its pod is gone; Airflow's state decides
+        return [{"event": protocol.EVENT_ELSEWHERE, "runtime": state.owner, "reason": state.error}]
+    if isinstance(state, records.Running):
+        return [
+            {
+                "event": protocol.EVENT_ELSEWHERE,
+                "runtime": state.claim.owner,
+                "reason": f"delivery {delivery} runs on pod {state.claim.owner}",
+            }
+        ]
+    return []
+
+
 class WorkloadRuns:
     """The runs of this runtime (see the module docstring). Lives on the event loop."""
 
-    def __init__(self, forks: ForkServer, *, capacity: int, request_timeout: float) -> None:
+    def __init__(
+        self,
+        forks: ForkServer,
+        *,
+        capacity: int,
+        request_timeout: float,
+        records_: records.Records | None = None,
+    ) -> None:
         self.forks = forks
         self.capacity = capacity
         self.request_timeout = request_timeout
-        self.runtime = socket.gethostname()
+        self.records = records_
+        self.leases = Leases(records_, lambda *_: None) if records_ is not None else None
+        self.runtime = records_.owner if records_ is not None else socket.gethostname()
         self.remote_logs = task_logs.remote_folder_from_env()
         self.runs: dict[str, Run] = {}
         self._line: list[object] = []  # workloads waiting for a slot, first come first served
         self._slots_changed = asyncio.Event()
+        self._claiming: dict[str, asyncio.Future[None]] = {}
 
     @property
     def active(self) -> int:
@@ -103,11 +163,15 @@ class WorkloadRuns:
         executor: str,
         server: str,
         wait: float = ADMISSION_WAIT_SECONDS,
+        claim: Claimer | None = None,
     ) -> Run:
         """The run of this delivery, waiting in line up to ``wait`` seconds while every slot is
-        taken; raises Busy if none frees up by then (nothing started, so the client sends it again)."""
+        taken; raises Busy if none frees up by then (nothing started, so the client sends it again).
+
+        With ``claim`` (a store keeps records), the delivery starts only if the claim is won:
+        raises Elsewhere when another replica holds it, Refused when the record refuses it."""
         if request.delivery in self.runs or (not self._line and not self._full()):
-            return self.start_or_join(request, executor, server)
+            return await self._claimed(request, executor, server, claim)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         ticket = object()
@@ -122,10 +186,48 @@ class WorkloadRuns:
                     await asyncio.wait_for(changed.wait(), remaining)
                 except TimeoutError:
                     pass
-            return self.start_or_join(request, executor, server)
+            return await self._claimed(request, executor, server, claim)
         finally:
             self._line.remove(ticket)
             self._slot_event()  # the next in line may go now
+
+    async def _claimed(
+        self, request: protocol.WorkloadRequest, executor: str, server: str, claim: Claimer | None
+    ) -> Run:
+        """Start (or join) the run once its claim is won; see :meth:`admit`."""
+        existing = self.runs.get(request.delivery)
+        if existing is not None or claim is None:
+            return self.start_or_join(request, executor, server)
+        pending = self._claiming.get(request.delivery)
+        if pending is not None:  # the same delivery arrived here twice at once: one claim
+            await asyncio.shield(pending)
+            return await self._claimed(request, executor, server, None)
+        self._claiming[request.delivery] = asyncio.get_running_loop().create_future()
+        try:
+            answer = await asyncio.to_thread(claim)
+        finally:
+            self._claiming.pop(request.delivery).set_result(None)
+        if answer is FOLLOW:
+            assert self.records is not None
+            try:
+                state = await asyncio.to_thread(self.records.state, claim.call, claim.attempt, void=False)
+            except StoreError as exc:
+                raise Refused(
+                    records.error_answer(503, "RecordUnavailable", f"the record of {claim.call!r}: {exc}")
+                ) from None
+            raise Elsewhere(record_events(state, request.delivery))
+        if answer is not None:
+            raise Refused(answer)
+        run = self.start_or_join(request, executor, server)
+        run.claim = claim
+        if self.leases is not None:
+            loop = asyncio.get_running_loop()
+
+            def cancel() -> None:
+                loop.call_soon_threadsafe(self.stop, run, "a cancel was requested")
+
+            self.leases.hold(claim.call, claim.attempt, cancel)
+        return run
 
     def start_or_join(self, request: protocol.WorkloadRequest, executor: str, server: str) -> Run:
         """The run of this delivery: the one already going, or a new one. Raises Busy when full."""
@@ -199,6 +301,11 @@ class WorkloadRuns:
             for run in self.runs.values():
                 if run.log_relpath and not run.finished:
                     self._upload_now(run)
+        # every delivery this replica owns ends with a record before the process exits
+        for run in self.runs.values():
+            self._record(run, "" if run.finished else DRAIN_STOPPED)
+        if self.leases is not None:
+            self.leases.close()
         return not outlived
 
     def _emit(self, run: Run, event: dict[str, Any]) -> None:
@@ -206,10 +313,39 @@ class WorkloadRuns:
         run.changed.set()
         run.changed = asyncio.Event()
 
+    def _record(self, run: Run, stopped: str) -> None:
+        """Write how the run ended into its record (once): its events, or with ``stopped``, that
+        the pod stopped before it ended. Runs in a thread (store I/O)."""
+        claim = run.claim
+        if claim is None or run.recorded or self.records is None:
+            return
+        run.recorded = True
+        events = list(run.events)
+        if stopped:
+            events.append({"event": protocol.EVENT_ELSEWHERE, "runtime": self.runtime, "reason": stopped})
+        body = b"".join(json.dumps(e).encode() + b"\n" for e in events if e["event"] != protocol.EVENT_ALIVE)
+        try:
+            self.records.finish(claim.call, self.records.finished(claim.call, claim.attempt, 200, body))
+        except StoreError as exc:  # readers will find the lease expired: "elsewhere", the DB decides
+            log.error("could not record how workload %s ended: %s", run.delivery, exc)
+        finally:
+            if self.leases is not None:
+                self.leases.release(claim.call, claim.attempt)
+
     def _on_message(self, run: Run, message: list[Any]) -> None:
         kind = message[0]
         if kind == "refused" and run.first is not None and not run.first.done():
             run.first.set_result(("refused", message[1], message[2]))
+            # kept for the record (the answer itself is a 422): a resent delivery learns why
+            run.events.append({"event": protocol.EVENT_REFUSED, "type": message[1], "message": message[2]})
+        elif kind == "superseded":
+            # Airflow's ti_run refused this supervisor: another delivery of the try runs the task.
+            # Never "exit": the executor would report a task as finished that runs fine elsewhere
+            if run.first is not None and not run.first.done():
+                run.first.set_result(("accepted",))
+            self._emit(
+                run, {"event": protocol.EVENT_ELSEWHERE, "runtime": self.runtime, "reason": message[1]}
+            )
         elif kind == "accepted":
             if run.first is not None and not run.first.done():
                 run.first.set_result(("accepted",))
@@ -228,7 +364,7 @@ class WorkloadRuns:
         if run.first is not None and not run.first.done():
             why = "the fork server died" if status is None else f"its process ended with status {status}"
             run.first.set_result(("refused", "WorkerCrashed", f"the workload did not start: {why}"))
-        elif not any(e["event"] == protocol.EVENT_EXIT for e in run.events):
+        elif not any(e["event"] in (protocol.EVENT_EXIT, protocol.EVENT_ELSEWHERE) for e in run.events):
             # the supervisor died without saying how the task ended: Airflow's state decides
             self._emit(
                 run, {"event": protocol.EVENT_EXIT, "code": None, "reason": f"supervisor ended ({status})"}
@@ -237,6 +373,8 @@ class WorkloadRuns:
         run.finished_at = time.monotonic()
         run.changed.set()
         self._slot_event()
+        if run.claim is not None:
+            asyncio.get_running_loop().run_in_executor(None, self._record, run, "")
         if self.remote_logs and run.log_relpath:
             asyncio.get_running_loop().run_in_executor(None, self._upload_now, run)
         log.info("workload %s finished (%s)", run.delivery, run.events[-1] if run.events else status)

@@ -48,6 +48,9 @@ def cases() -> dict[str, Any]:
             dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
         ],
         "plain": {"rows": [{"id": 1, "score": 0.5, "ok": True, "tags": None}], "n": 2**64 - 1},
+        # bare numbers SQLite's NUMERIC column affinity would change (500.0 -> 500, 2**64-1 -> float)
+        "integral_float": 500.0,
+        "bare_uint64": 2**64 - 1,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from airflow.sdk import dag, task
@@ -55,6 +56,16 @@ def runtime_basic():
         return seconds
 
     @task.knative(service="rt")
+    def wait_for_file(path, timeout=60.0):
+        """Runs until ``path`` exists: a test decides when it ends, not a guessed duration."""
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path} never appeared")
+            time.sleep(0.01)
+        return path
+
+    @task.knative(service="rt")
     def burn(seconds):
         end = time.perf_counter() + seconds
         n = 0
@@ -94,6 +105,7 @@ def runtime_basic():
     chatty("t")
     flood(10)
     sleepy(0)
+    wait_for_file("")
     burn(0)
     bad_result()
     with_params(1)

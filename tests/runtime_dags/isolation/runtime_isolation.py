@@ -46,6 +46,19 @@ def runtime_isolation():
         return _SCRATCH["value"]
 
     @task.knative(service="rt")
+    def scratch_until(value, gate):
+        """Sets the module global, says so (``<gate>.set``), and reads it back once ``gate``
+        exists: a test orders two calls without guessing how long anything takes."""
+        import os
+
+        _SCRATCH["value"] = value
+        open(f"{gate}.set", "a").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return _SCRATCH["value"]
+
+    @task.knative(service="rt")
     def visits():
         """How many calls this process has served: 1 in process isolation, every time."""
         _SCRATCH["visits"] = int(_SCRATCH.get("visits", 0)) + 1
@@ -72,6 +85,7 @@ def runtime_isolation():
     chatty("t")
     fail("boom")
     scratch(1)
+    scratch_until(1, "")
     visits()
     crash("exit")
     chdir("/")
