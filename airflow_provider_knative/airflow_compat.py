@@ -203,6 +203,13 @@ DIFFERENCES: tuple[Difference, ...] = (
         "the task Airflow flags as the DAG's result (@dag return value, @result)",
     ),
     Difference(
+        "Stats",
+        (3, 3),
+        "airflow.observability.stats:incr",
+        "airflow.stats:Stats",
+        "the KnativeExecutor's metrics go through the client the scheduler configured",
+    ),
+    Difference(
         "run partition fields",
         (3, 2),
         "airflow.serialization.definitions.dag:SerializedDAG.create_dagrun(partition_key)",
@@ -427,3 +434,14 @@ class KnativeTaskDecorator(_TaskDecorator):
 
     def _expand(self, *args: Any, **kwargs: Any) -> Any:
         return use_mapped_class(super()._expand(*args, **kwargs), self.mapped_class)
+
+
+def stats() -> Any:
+    """Airflow's metrics client, as the scheduler configures it (``[metrics]``: StatsD, Datadog or
+    OpenTelemetry): the ``airflow.observability.stats`` module from 3.3 (the one the scheduler and
+    ``BaseExecutor`` initialise; 3.2 has a module of that name without ``incr``), ``airflow.stats.Stats``
+    before (a deprecated shim in 3.3). Both offer ``incr(stat, count, rate, tags=...)``."""
+    row = difference("Stats")
+    if row.applies():
+        return importlib.import_module("airflow.observability.stats")
+    return _resolve(row.old)

@@ -29,7 +29,7 @@ from typing import Any
 import requests
 import urllib3
 
-from airflow_provider_knative import airflow_compat, config, protocol, versions
+from airflow_provider_knative import airflow_compat, config, protocol, tracecontext, versions
 from airflow_provider_knative.airflow_compat import BaseHook
 from airflow_provider_knative.connection import (
     UI_FIELD_BEHAVIOUR,
@@ -219,6 +219,8 @@ class KnativeHook(BaseHook):
         self._connections: list[Any] = []
         #: the invocation in progress (``cancel`` asks the runtime to stop it)
         self._current: Request | None = None
+        #: sends retried so far because nothing started (cold start, 503 not started): for metrics
+        self.retries = 0
         #: where the last call's time went, on this side (``invoke``/``ainvoke`` set it)
         self.timing = ClientTiming(0.0)
 
@@ -323,6 +325,7 @@ class KnativeHook(BaseHook):
     # Both loops only drive invoker.call_flow, which makes every decision; they differ in the
     # HTTP library and in how they wait.
 
+    @tracecontext.traced  # the task's trace context goes with the call (traceparent)
     def invoke(
         self,
         request: Request,
@@ -355,6 +358,7 @@ class KnativeHook(BaseHook):
                     return done.value
                 if isinstance(step, Wait):
                     self.log.info("%s", step.message)
+                    self.retries += step.retry
                     if self._cancelled.wait(step.seconds):
                         self._check_cancelled(request)
                     outcome = None
@@ -365,6 +369,7 @@ class KnativeHook(BaseHook):
             self.timing.ended = time.monotonic()
             self._current = None
 
+    @tracecontext.traced
     async def ainvoke(
         self,
         request: Request,
@@ -456,6 +461,7 @@ class KnativeHook(BaseHook):
                 return done.value
             if isinstance(step, Wait):
                 self.log.info("%s", step.message)
+                self.retries += step.retry
                 await asyncio.sleep(step.seconds)
                 outcome = None
             else:

@@ -180,12 +180,15 @@ class ClientTiming:
     started: float
     sent: float = 0.0
     ended: float = 0.0
+    #: requests sent up to the one that ran (refused connections, 503s, a restored call's probe)
     attempts: int = 0
+    _sends: int = 0
 
     def sending(self, request: Request, now: float) -> None:
-        if request.method != "GET":  # the call itself, not a status query
+        self._sends += 1
+        if request.method != "GET":  # the call itself, not a status query about it
             self.sent = now
-            self.attempts += 1
+            self.attempts = self._sends
 
     @property
     def waiting(self) -> float:
@@ -300,10 +303,12 @@ class Send:
 
 @dataclass(frozen=True)
 class Wait:
-    """Flow step: wait this many seconds (``message`` says why, for the task log)."""
+    """Flow step: wait this many seconds (``message`` says why, for the task log); ``retry``:
+    before sending again what did not start (not a poll of a call that runs)."""
 
     seconds: float
     message: str
+    retry: bool = True
 
 
 Outcome = Response | TransportFailure | None
@@ -477,7 +482,9 @@ def call_flow(
         if step is _Next.UNKNOWN:
             raise _unknown_outcome(request, cause if asking else _reason(outcome))
         if step is _Next.POLL:
-            yield Wait(0.0, f"{request.url}: invocation {request.invocation_id} is still running")
+            yield Wait(
+                0.0, f"{request.url}: invocation {request.invocation_id} is still running", retry=False
+            )
         elif step is _Next.FOLLOW:
             ask(cause)  # it runs: follow it (from now on, an attempt nobody claimed is voided)
         elif step is _Next.SEND:

@@ -20,7 +20,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_knative import airflow_compat, aws, config, spill
+from airflow_provider_knative import airflow_compat, aws, config, spill, tracecontext
 from airflow_provider_knative.airflow_compat import AirflowException
 from airflow_provider_knative.errors import KnativeError, ResponseCheckFailed
 from airflow_provider_knative.hooks import KnativeHook
@@ -259,6 +259,7 @@ class KnativeOperator(BaseOperator):
                 invocation_id=request.invocation_id,
                 idempotent=self.idempotent,
                 headers=dict(request.headers_extra),
+                traceparent=tracecontext.current(),  # the triggerer calls under the task's span
                 output=self.output_sink() is not None,
                 label=self.service or request.url,
             ),

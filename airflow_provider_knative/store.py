@@ -444,15 +444,21 @@ class FileStore(ObjectStore):
     def _path(self, url: str) -> Path:
         return self.root.joinpath(*self.key_of(url).split("/"))
 
-    def put(self, key: str, chunks: Chunks) -> StoredObject:
-        url = self.url_of(key)
+    def _temp_beside(self, url: str) -> tuple[Path, int, str]:
+        """A new temporary file in the target's folder (same filesystem: it can be renamed or
+        linked into place in one step): the target, the open descriptor and the temp path."""
         target = self._path(url)
-        hasher = self._hasher()
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".part")
         except OSError as exc:
             raise StoreError(f"cannot write {url}: {exc.strerror or exc}") from exc
+        return target, fd, tmp
+
+    def put(self, key: str, chunks: Chunks) -> StoredObject:
+        url = self.url_of(key)
+        hasher = self._hasher()
+        target, fd, tmp = self._temp_beside(url)
         try:
             try:
                 written = 0
@@ -534,14 +540,8 @@ class FileStore(ObjectStore):
             raise StoreError(f"cannot delete {url}: {exc.strerror or exc}") from exc
 
     def _staged(self, url: str, data: bytes) -> tuple[Path, str]:
-        """``data`` in a temporary file beside the target (same filesystem, so it can be
-        linked or renamed into place in one step)."""
-        target = self._path(url)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".part")
-        except OSError as exc:
-            raise StoreError(f"cannot write {url}: {exc.strerror or exc}") from exc
+        """``data`` in a temporary file beside the target, ready to be linked or renamed."""
+        target, fd, tmp = self._temp_beside(url)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)

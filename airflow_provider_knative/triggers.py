@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_knative import aws, spill
+from airflow_provider_knative import aws, spill, tracecontext
 from airflow_provider_knative.errors import KnativeError
 from airflow_provider_knative.hooks import KnativeHook
 from airflow_provider_knative.invoker import Request, Timeouts
@@ -41,6 +41,8 @@ class KnativeInvocationTrigger(BaseTrigger):
     :param owner: ``spill.Owner`` fields (dag/run/task/map) for the keys of spilled bodies.
     :param invocation_id: the task try's id, so a broken call is asked about, not re-run.
     :param idempotent: allow sending the request again when it may have run.
+    :param traceparent: the W3C trace context the task deferred under ("" when not traced), so
+        the call and the runtime's spans join the task's trace (``tracecontext``).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class KnativeInvocationTrigger(BaseTrigger):
         invocation_id: str = "",
         idempotent: bool = False,
         headers: dict[str, str] | None = None,
+        traceparent: str = "",
         output: bool = False,
         label: str = "",
     ) -> None:
@@ -74,6 +77,7 @@ class KnativeInvocationTrigger(BaseTrigger):
         self.invocation_id = invocation_id
         self.idempotent = idempotent
         self.headers = dict(headers or {})
+        self.traceparent = traceparent
         self.output = output
         self.label = label
 
@@ -93,6 +97,7 @@ class KnativeInvocationTrigger(BaseTrigger):
                 "invocation_id": self.invocation_id,
                 "idempotent": self.idempotent,
                 "headers": self.headers,
+                "traceparent": self.traceparent,
                 "output": self.output,
                 "label": self.label,
             },
@@ -103,7 +108,8 @@ class KnativeInvocationTrigger(BaseTrigger):
         # runs again elsewhere, asks the call's record first (probe_first) and follows the call
         # an earlier triggerer sent instead of sending it again.
         try:
-            event = await self._call()
+            with tracecontext.resumed(self.traceparent):  # the task's span, from the worker
+                event = await self._call()
         except KnativeError as exc:
             event = {"status": "failed", "error": type(exc).__name__, "message": str(exc)}
         except Exception as exc:  # anything else still has to reach the task, with its cause

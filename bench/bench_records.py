@@ -12,6 +12,10 @@ Runtimes (``airflow-knative serve``, real processes on 127.0.0.1) serve the same
 - ``process, s3://``: the same on an S3 server (moto, on loopback);
 - ``thread, file://``: thread isolation with records.
 
+Each runtime is also called with live output on (``Accept: application/x-knative-frames``, as
+the operator and the trigger call it) and off, for a function that prints nothing: what
+streaming costs when there is nothing to stream.
+
 Every call carries its own invocation id (as Airflow's calls do), so each one claims and
 records. One round sends ``--calls`` calls to each runtime, sequentially on one keep-alive
 connection (latency: the median of the round's calls) and then with ``--concurrency`` at once
@@ -53,22 +57,37 @@ def _body(source_hash: str) -> bytes:
     return protocol.Invocation(FUNCTION, source_hash, invocation_id=f"bench/{uuid.uuid4().hex}").encode()
 
 
-def _latency(rt: RuntimeProcess, source_hash: str, calls: int) -> float:
+def _headers(stream: bool) -> dict[str, str]:
+    headers = {"content-type": protocol.CONTENT_TYPE}
+    if stream:
+        headers["accept"] = f"{protocol.FRAMES_CONTENT_TYPE}, {protocol.CONTENT_TYPE};q=0.9"
+    return headers
+
+
+def _check(answer: httpx.Response) -> None:
+    if answer.headers.get("content-type", "").startswith(protocol.FRAMES_CONTENT_TYPE):
+        (end,) = [f for f in protocol.FrameReader().feed(answer.content) if "end" in f]
+        assert end["end"]["status"] == 200, end
+    else:
+        assert answer.status_code == 200, answer.content[:300]
+
+
+def _latency(rt: RuntimeProcess, source_hash: str, calls: int, stream: bool = False) -> float:
     """Median seconds of ``calls`` sequential calls on one connection."""
     times = []
     with httpx.Client(timeout=60) as client:
         for _ in range(calls):
             body = _body(source_hash)
             start = time.perf_counter()
-            answer = client.post(
-                rt.url + protocol.INVOKE_PATH, content=body, headers={"content-type": protocol.CONTENT_TYPE}
-            )
+            answer = client.post(rt.url + protocol.INVOKE_PATH, content=body, headers=_headers(stream))
             times.append(time.perf_counter() - start)
-            assert answer.status_code == 200, answer.content[:300]
+            _check(answer)
     return statistics.median(times)
 
 
-async def _throughput(rt: RuntimeProcess, source_hash: str, calls: int, concurrency: int) -> float:
+async def _throughput(
+    rt: RuntimeProcess, source_hash: str, calls: int, concurrency: int, stream: bool = False
+) -> float:
     """Calls per second with ``concurrency`` calls in flight."""
     queue = list(range(calls))
 
@@ -76,11 +95,9 @@ async def _throughput(rt: RuntimeProcess, source_hash: str, calls: int, concurre
         while queue:
             queue.pop()
             answer = await client.post(
-                rt.url + protocol.INVOKE_PATH,
-                content=_body(source_hash),
-                headers={"content-type": protocol.CONTENT_TYPE},
+                rt.url + protocol.INVOKE_PATH, content=_body(source_hash), headers=_headers(stream)
             )
-            assert answer.status_code == 200, answer.content[:300]
+            _check(answer)
 
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
         start = time.perf_counter()
@@ -132,31 +149,40 @@ def main(argv: list[str] | None = None) -> int:
             for name, env in configs.items()
         }
         hashes = {name: rt.functions()[FUNCTION] for name, rt in runtimes.items()}
-        latency: dict[str, list[float]] = {name: [] for name in runtimes}
-        rate: dict[str, list[float]] = {name: [] for name in runtimes}
+        # each runtime without and with live output (a call that prints nothing)
+        contenders = [(name, False) for name in runtimes] + [
+            ("process, file://", True),
+            ("thread, memory", True),
+        ]
+        label = {c: c[0] + (", streaming" if c[1] else "") for c in contenders}
+        latency: dict[str, list[float]] = {label[c]: [] for c in contenders}
+        rate: dict[str, list[float]] = {label[c]: [] for c in contenders}
         for name, rt in runtimes.items():  # warm up: connections, the fork server's pages
             _latency(rt, hashes[name], 20)
         rng = random.Random(0)
-        order = list(runtimes)
+        order = list(contenders)
         for round_ in range(args.rounds):
             rng.shuffle(order)
-            for name in order:
-                latency[name].append(_latency(runtimes[name], hashes[name], args.calls))
-                rate[name].append(
-                    asyncio.run(_throughput(runtimes[name], hashes[name], args.calls, args.concurrency))
+            for name, stream in order:
+                rt, key = runtimes[name], label[(name, stream)]
+                latency[key].append(_latency(rt, hashes[name], args.calls, stream))
+                rate[key].append(
+                    asyncio.run(_throughput(rt, hashes[name], args.calls, args.concurrency, stream))
                 )
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
     p50 = {name: statistics.median(v) for name, v in latency.items()}
     rps = {name: statistics.median(v) for name, v in rate.items()}
-    print(f"\n{'runtime':<20} {'p50 (1 conn)':>14} {'calls/s (' + str(args.concurrency) + ' conns)':>20}")
-    for name in runtimes:
-        print(f"{name:<20} {p50[name] * 1e3:>11.2f} ms {rps[name]:>20.0f}")
+    print(f"\n{'runtime':<30} {'p50 (1 conn)':>14} {'calls/s (' + str(args.concurrency) + ' conns)':>20}")
+    for name in latency:
+        print(f"{name:<30} {p50[name] * 1e3:>11.2f} ms {rps[name]:>20.0f}")
     print()
     for contender, baseline, what in (
         ("process, file://", "process, memory", "record on file://, added latency"),
         ("process, s3://", "process, memory", "record on S3 (moto), added latency"),
         ("thread, file://", "thread, memory", "record on file:// with thread isolation"),
         ("process, memory", "thread, memory", "process isolation against threads"),
+        ("process, file://, streaming", "process, file://", "live output on, a call that prints nothing"),
+        ("thread, memory, streaming", "thread, memory", "live output on (thread isolation, no store)"),
     ):
         print(
             f"{what}: p50 {p50[contender] / p50[baseline]:.2f}x "

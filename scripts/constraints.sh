@@ -8,7 +8,7 @@
 # API). So each file here is the same kind of resolution, made reproducible: `uv pip compile`
 # against PyPI as it was one day after that Airflow patch release was uploaded
 # (`--exclude-newer`), for Python 3.11, of Airflow with PostgreSQL plus this provider's
-# dependencies and extras (data, kubernetes, checksums, runtime). Only that closure is pinned:
+# dependencies and extras (data, kubernetes, checksums, and runtime from 3.1). Only that closure is pinned:
 # test tools (pytest, moto, ...) install on top, unpinned where the file does not name them.
 #
 # usage: scripts/constraints.sh [MINOR...]      (default: every minor below)
@@ -28,6 +28,9 @@ for minor in "${@:-3.0 3.1 3.2 3.3}"; do
   for m in $minor; do
     IFS='|' read -r patch cutoff <<<"${RELEASES[$m]}"
     out="constraints/airflow-$m.txt"
+    # the runtime extra needs the task SDK of 3.1+: 3.0 is the XCom backend alone
+    runtime="--extra runtime"
+    [ "$m" = 3.0 ] && runtime=""
     extra_reqs=$(mktemp)
     echo "apache-airflow[postgres]==$patch" >"$extra_reqs"
     if [ "$m" = 3.3 ]; then  # what the full suite installs besides (pyproject's test extra)
@@ -36,12 +39,12 @@ for minor in "${@:-3.0 3.1 3.2 3.3}"; do
     {
       echo "# Constraints for Airflow $m (apache-airflow==$patch) on Python 3.11, used by CI (scripts/compat.sh, scripts/test.sh)."
       echo "# Made by scripts/constraints.sh: uv pip compile of apache-airflow[postgres]==$patch and this provider's"
-      echo "# dependencies (extras data, kubernetes, checksums, runtime) against PyPI as of $cutoff"
+      echo "# dependencies (extras data, kubernetes, checksums${runtime:+, runtime}) against PyPI as of $cutoff"
       echo "# (--exclude-newer: one day after apache-airflow $patch was uploaded), the way Airflow's release"
       echo "# constraints are made (uv, highest resolution, on release day). Use: pip install -c this-file ..."
       "$UV" pip compile --quiet --no-header --no-annotate --python-version 3.11 \
         --exclude-newer "$cutoff" \
-        pyproject.toml --extra data --extra kubernetes --extra checksums --extra runtime "$extra_reqs"
+        pyproject.toml --extra data --extra kubernetes --extra checksums $runtime "$extra_reqs"
     } >"$out.tmp"
     mv "$out.tmp" "$out"
     rm -f "$extra_reqs"

@@ -40,6 +40,8 @@ WAIT_FOR = (
     "gateway_slow",
     "gateway_two_leaves",
     "gateway_paused",
+    "live_logs",
+    "live_logs_deferrable",
 )
 
 

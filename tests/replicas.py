@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -29,11 +30,12 @@ from typing import Any
 
 from runtime_process import RuntimeProcess, start_runtime
 from servers import free_port
-from tcp_proxy import close_after, read_message
+from tcp_proxy import TcpProxy, close_after, read_message
 
 #: what to do with one request: None (relay it), "request" (deliver it, then cut the client's
 #: connection before any answer), "answer" (relay the answer's head and part of its body, then
-#: cut), or ("lines", n) (relay the head and n lines of a streamed answer, then cut)
+#: cut), ("lines", n) (relay the head and n lines of a streamed answer, then cut), or
+#: ("after", s) (relay for s seconds, then cut: a stream broken mid-call)
 Cut = Callable[[bytes], Any]
 
 
@@ -45,16 +47,13 @@ def _close(sock: socket.socket) -> None:
     sock.close()
 
 
-class Balancer:
+class Balancer(TcpProxy):
     """A TCP balancer on 127.0.0.1 with no affinity (see the module docstring)."""
 
     def __init__(self, ports: Callable[[], list[int]], *, seed: int = 0) -> None:
         self.ports = ports
         self.cut: Cut = lambda head: None
         self.rng = random.Random(seed)
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
         self.cuts = 0
         #: (request line, replica port) of every request relayed, in order
         self.routed: list[tuple[bytes, int]] = []
@@ -63,19 +62,7 @@ class Balancer:
         self.kept: list[bytes] = []
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
-        self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True, name="balancer").start()
-
-    def _accept(self) -> None:
-        self.server.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                client, _ = self.server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+        super().__init__(target_port=0)  # no one target: each connection picks a replica
 
     def _track(self, *socks: socket.socket) -> None:
         with self._lock:
@@ -127,6 +114,22 @@ class Balancer:
 
     def _relay(self, upstream: socket.socket, client: socket.socket, action: Any) -> None:
         sent = b""
+        if isinstance(action, tuple) and action[0] == "after":
+            deadline = time.monotonic() + action[1]
+            try:
+                while (remaining := deadline - time.monotonic()) > 0:
+                    upstream.settimeout(remaining)
+                    chunk = upstream.recv(65536)
+                    if not chunk:
+                        break
+                    client.sendall(chunk)
+            except OSError:  # time is up (a timeout is an OSError): cut mid-answer, below
+                pass
+            finally:
+                _close(client)
+                upstream.settimeout(None)
+                threading.Thread(target=self._drain, args=(upstream,), daemon=True).start()
+            return
         try:
             while chunk := upstream.recv(65536):
                 if action is None:
@@ -153,8 +156,7 @@ class Balancer:
             threading.Thread(target=self._drain, args=(upstream,), daemon=True).start()
 
     def close(self) -> None:
-        self._stop.set()
-        self.server.close()
+        super().close()
         with self._lock:
             for sock in list(self._open):
                 try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 from urllib.parse import urlsplit
 
 
@@ -87,6 +88,32 @@ class TcpProxy:
     def close(self) -> None:
         self._stop.set()
         self.server.close()
+
+
+class RelayProxy(TcpProxy):
+    """A relay to the runtime. For ``cold_seconds`` after its first connection it answers 503
+    (as Knative's activator can while a revision scales from zero); it records every request
+    it relays."""
+
+    def __init__(self, target_port: int, cold_seconds: float = 0.0) -> None:
+        super().__init__(target_port)
+        self.cold_seconds = cold_seconds
+        self.first: float | None = None
+        self.refused = 0
+        self.requests: list[bytes] = []
+
+    def handle(self, client: socket.socket, head: bytes, body: bytes) -> None:
+        now = time.monotonic()
+        self.first = self.first or now
+        if now - self.first < self.cold_seconds:
+            self.refused += 1
+            client.sendall(
+                b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 19\r\n"
+                b"connection: close\r\n\r\nno healthy upstream"
+            )
+            return
+        self.requests.append(head + b"\r\n\r\n" + body)
+        super().handle(client, head, body)
 
 
 _RANGE = re.compile(rb"\r\nrange:\s*bytes=(\d+)-", re.IGNORECASE)

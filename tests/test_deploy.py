@@ -24,6 +24,8 @@ HERE = Path(__file__).resolve().parent
 DEPLOY_DAGS = HERE / "deploy_dags"
 EXAMPLE_DAGS = HERE.parent / "example_dags"
 LONG = "feature-engineering-for-the-quarterly-revenue-forecast-model-training"
+#: on every revision template: Prometheus scrapes the runtime's GET /metrics on the container port
+SCRAPE = {"prometheus.io/scrape": "true", "prometheus.io/port": "8080", "prometheus.io/path": "/metrics"}
 
 
 def manifests_of(folder: Path, *extra: str) -> dict[str, dict[str, Any]]:
@@ -62,6 +64,32 @@ def test_every_manifest_validates_against_the_knative_crd_schema(basic: Any) -> 
         assert validation_errors(manifest) == [], manifest["metadata"]["name"]
 
 
+def test_every_revision_is_scraped_by_prometheus_on_the_container_port(basic: Any) -> None:
+    manifests, _ = basic
+    for manifest in manifests.values():
+        annotations = manifest["spec"]["template"]["metadata"]["annotations"]
+        assert {k: annotations[k] for k in SCRAPE} == SCRAPE, manifest["metadata"]["name"]
+        (port,) = _container(manifest)["ports"]
+        assert str(port["containerPort"]) == SCRAPE["prometheus.io/port"]
+
+
+def test_a_service_may_turn_scraping_off_through_its_annotations(tmp_path: Path) -> None:
+    defaults = tmp_path / "defaults.yaml"
+    defaults.write_text(
+        yaml.safe_dump({"services": {"avg-worker": {"annotations": {"prometheus.io/scrape": "false"}}}})
+    )
+    manifests = manifests_of(DEPLOY_DAGS / "basic", "--defaults", str(defaults))
+    assert (
+        manifests["avg-worker"]["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"]
+        == "false"
+    )
+    assert (
+        manifests["etl-runtime"]["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"]
+        == "true"
+    )
+    assert validation_errors(manifests["avg-worker"]) == []
+
+
 def test_schema_check_rejects_unknown_fields_and_wrong_types(basic: Any) -> None:
     """The validator is strict: a typo in a generated field would not pass silently."""
     manifest = yaml.safe_load(yaml.safe_dump(basic[0]["avg-worker"]))
@@ -96,6 +124,7 @@ def test_concurrency_timeouts_autoscaling_and_resources(basic: Any) -> None:
     assert template["spec"]["containerConcurrency"] == 8
     assert template["spec"]["timeoutSeconds"] == 600
     assert template["metadata"]["annotations"] == {
+        **SCRAPE,
         "autoscaling.knative.dev/min-scale": "1",
         "autoscaling.knative.dev/max-scale": "5",
         "autoscaling.knative.dev/target": "6",
@@ -145,7 +174,8 @@ def test_external_visibility_long_timeout_and_scale_down_delay(basic: Any) -> No
     assert "networking.knative.dev/visibility" not in etl["metadata"]["labels"]
     assert etl["spec"]["template"]["spec"]["timeoutSeconds"] == 900
     assert etl["spec"]["template"]["metadata"]["annotations"] == {
-        "autoscaling.knative.dev/scale-down-delay": "15m"
+        **SCRAPE,
+        "autoscaling.knative.dev/scale-down-delay": "15m",
     }
     assert "etl-runtime: timeoutSeconds 900 is above Knative's default max-revision-timeout-seconds" in err
 
@@ -489,6 +519,7 @@ def test_annotations_pull_secrets_env_references_and_gpu(tmp_path: Path) -> None
         assert restricted_violations(_template(manifest)[0]) == []
     template = avg["spec"]["template"]
     assert template["metadata"]["annotations"] == {
+        **SCRAPE,
         "autoscaling.knative.dev/min-scale": "1",  # from the DAG's settings, beside the user's own
         "autoscaling.knative.dev/max-scale": "5",
         "autoscaling.knative.dev/target": "6",

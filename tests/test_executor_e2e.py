@@ -31,9 +31,10 @@ from typing import Any
 import airflow
 import httpx
 import pytest
+from live_log_watch import ticks, watch
 from replicas import Balancer
 from servers import free_port
-from tcp_proxy import TcpProxy
+from tcp_proxy import RelayProxy
 
 from airflow_provider_knative import protocol
 from airflow_provider_knative.localstack.client import StackClient
@@ -48,32 +49,6 @@ SECRET = "executor-e2e-secret"
 NEVER_DEADLINE = 6
 DRAIN = 20
 DONE = ("success", "failed")
-
-
-class RelayProxy(TcpProxy):
-    """A relay to the runtime. For ``cold_seconds`` after its first connection it answers 503
-    (as Knative's activator can while a revision scales from zero); it records every request
-    it relays."""
-
-    def __init__(self, target_port: int, cold_seconds: float = 0.0) -> None:
-        super().__init__(target_port)
-        self.cold_seconds = cold_seconds
-        self.first: float | None = None
-        self.refused = 0
-        self.requests: list[bytes] = []
-
-    def handle(self, client: socket.socket, head: bytes, body: bytes) -> None:
-        now = time.monotonic()
-        self.first = self.first or now
-        if now - self.first < self.cold_seconds:
-            self.refused += 1
-            client.sendall(
-                b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 19\r\n"
-                b"connection: close\r\n\r\nno healthy upstream"
-            )
-            return
-        self.requests.append(head + b"\r\n\r\n" + body)
-        super().handle(client, head, body)
 
 
 @dataclass
@@ -564,6 +539,15 @@ def test_deliveries_cut_and_resent_across_replicas_run_every_task_once(ex: ExecS
     # a resent delivery is joined (its own replica) or answered from the record ("elsewhere")
     for status, first in resent:
         assert status == 200 and json.loads(first)["event"] in ("accepted", "elsewhere", "exit"), resent
+
+
+def test_a_tasks_log_reaches_the_ui_while_it_runs(ex: ExecStack) -> None:
+    """An unmodified task printing a line a second for 20 s: its log, read through the REST API
+    while it runs (uploaded from the pod through the store), holds at least 15 of the lines."""
+    run_id = ex.trigger("exec_live")
+    seen, final = watch(ex.client, ex.token, "exec_live", run_id, "tick")
+    assert len(seen) >= 15, (sorted(seen), final[-3000:])
+    assert sorted(ticks(final)) == list(range(20)), final[-3000:]
 
 
 # ------------------------------------------------------------------ faults of the deployment

@@ -518,3 +518,78 @@ def test_a_thousand_calls_while_the_only_replica_is_killed_and_restarted_twenty_
     assert boundary_cases <= 3
     assert all(results[k] == f"value of {k}" for k in keys if k not in failed)
     print(f"1000 calls, 20 kills: {len(failed)} failed (all mid-call), {boundary_cases} at the boundary")
+
+
+# ------------------------------------------------------------------ live output (issue 18)
+
+TALK = "replica_calls/talk"
+
+
+def _talk(service: Replicas, key: str, lines: int, every: float) -> protocol.Invocation:
+    source_hash = service.runtime(0).functions()[TALK]
+    return protocol.Invocation(
+        TALK,
+        source_hash,
+        kwargs={"key": key, "lines": lines, "every": every},
+        invocation_id=f"replica_calls/live/talk/{key}/{uuid.uuid4().hex[:6]}",
+    )
+
+
+def _follow(url: str, inv: protocol.Invocation) -> tuple[list[tuple[float, str]], Any, float]:
+    """A call made as the operator makes it, with its output followed: (arrival time, line) of
+    every line shown, the function's value, and when the answer came."""
+    shown: list[tuple[float, str]] = []
+    partial = [""]
+
+    def on_log(text: str) -> None:
+        lines = (partial[0] + text).split("\n")
+        partial[0] = lines.pop()
+        shown.extend((time.monotonic(), line) for line in lines)
+
+    request = Request(url + protocol.INVOKE_PATH, inv.encode(), invocation_id=inv.invocation_id)
+    response = KnativeHook().invoke(request, TIMEOUTS, on_log=on_log)
+    return shown, read_result(response, url).value, time.monotonic()
+
+
+def test_a_calls_output_reaches_the_client_while_it_runs_each_line_once(
+    service: Replicas, tmp_path: Path
+) -> None:
+    shown, value, ended = _follow(service.url, _talk(service, "steady", 12, 0.5))
+    assert value == 12
+    assert [line.split(" at ")[0] for _, line in shown] == [f"steady line {i}" for i in range(12)]
+    # each line arrived while the call still ran: printed at t, shown well before the end
+    early = [at for at, _ in shown if ended - at > 1.0]
+    assert len(early) >= 9, [round(ended - at, 2) for at, _ in shown]
+
+
+def test_a_stream_cut_mid_call_resumes_on_any_replica_without_repeating_a_line(
+    service: Replicas, tmp_path: Path
+) -> None:
+    cuts = iter([("after", 2.0), ("after", 2.5), ("after", 2.0)])
+    service.balancer.cut = lambda head: next(cuts, None) if head.split(b" ")[0] in (b"POST", b"GET") else None
+    shown, value, ended = _follow(service.url, _talk(service, "cut", 16, 0.5))
+    assert value == 16
+    assert [line.split(" at ")[0] for _, line in shown] == [f"cut line {i}" for i in range(16)]
+    assert service.balancer.cuts == 3
+    # it went on live after the cuts, on whichever replica the re-attach landed
+    late = [at for at, line in shown if int(line.split()[2]) >= 12]
+    assert late and all(ended - at > 0.3 for at in late[:2])
+    resumed = [port for line, port in service.balancer.routed if line.startswith(b"GET /invocations/")]
+    assert len(resumed) >= 3 and "stream=1&from=" in str(service.balancer.routed)
+
+
+def test_a_deferred_calls_output_is_followed_by_the_trigger(service: Replicas, tmp_path: Path) -> None:
+    """The trigger (in the triggerer) follows the output the same way (httpx, async)."""
+    import asyncio
+
+    inv = _talk(service, "deferred", 8, 0.4)
+    shown: list[str] = []
+
+    async def go() -> Any:
+        request = Request(service.url + protocol.INVOKE_PATH, inv.encode(), invocation_id=inv.invocation_id)
+        response = await KnativeHook().ainvoke(request, TIMEOUTS, on_log=shown.append)
+        return read_result(response, service.url).value
+
+    assert asyncio.run(go()) == 8
+    lines = "".join(shown).splitlines()
+    assert [line.split(" at ")[0] for line in lines] == [f"deferred line {i}" for i in range(8)]

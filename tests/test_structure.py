@@ -35,6 +35,7 @@ AIRFLOW_FACING = [
     "provider_info",
     "airflow_compat",
     "aws",
+    "tracecontext",
 ]
 #: the wire and data layer: imported by the runtime image and by Airflow alike
 DATA_LAYER = [

@@ -6,7 +6,8 @@ What a Knative operator expects, and why each part is there:
   never accepts more calls than it runs;
 - ``timeoutSeconds`` explicit, and the runtime's drain timeout equal to it: Knative gives a
   terminating pod ``timeoutSeconds`` of grace, so in-flight calls finish on scale-down;
-- autoscaling annotations on the revision template (where Knative reads them);
+- autoscaling annotations on the revision template (where Knative reads them), and the
+  Prometheus scrape annotations for the runtime's ``GET /metrics``;
 - readiness on ``/readyz`` (true only once the DAG folder is imported) and liveness on
   ``/healthz``; no port in probes, Knative fills in the serving port;
 - the store settings and the signing secret come from Kubernetes Secrets, never inline;
@@ -49,6 +50,15 @@ CONTAINER_PORT = 8080
 DAGS_FOLDER_IN_IMAGE = "/opt/airflow/dags"
 MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 LOGGING_CONFIG_CLASS = "airflow_provider_knative.log_config.LOGGING_CONFIG"
+
+#: on every revision template: Prometheus (its kubernetes_sd "pod" role with the usual relabelling)
+#: scrapes the runtime's GET /metrics on the user container's port, beside the queue-proxy's own
+#: metrics. A Service's ``annotations`` setting may override them (``prometheus.io/scrape: "false"``).
+SCRAPE_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(CONTAINER_PORT),
+    "prometheus.io/path": "/metrics",
+}
 
 _AUTOSCALING = {
     "min_scale": "min-scale",
@@ -271,9 +281,12 @@ def service_manifest(spec: ServiceSpec, options: ManifestOptions) -> dict[str, A
         TASKS_ANNOTATION: ",".join(sorted(spec.tasks)),
     }
     template_annotations = {
-        AUTOSCALING_PREFIX + annotation: str(settings[key])
-        for key, annotation in _AUTOSCALING.items()
-        if settings.get(key) is not None
+        **SCRAPE_ANNOTATIONS,
+        **{
+            AUTOSCALING_PREFIX + annotation: str(settings[key])
+            for key, annotation in _AUTOSCALING.items()
+            if settings.get(key) is not None
+        },
     }
     # the user's annotations (settings refuse our own keys), and a record of which they are
     for record, user, target in (

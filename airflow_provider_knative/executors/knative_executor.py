@@ -53,7 +53,7 @@ from airflow.executors.base_executor import BaseExecutor
 
 from airflow_provider_knative import airflow_compat, config, protocol
 from airflow_provider_knative.errors import InvocationError, KnativeError
-from airflow_provider_knative.executors import routing, skew, task_log
+from airflow_provider_knative.executors import routing, skew, stats, task_log
 from airflow_provider_knative.invoker import Request, Timeouts, read_result
 
 if TYPE_CHECKING:
@@ -167,10 +167,12 @@ class KnativeExecutor(BaseExecutor):
 
         def put(kind: str, info: str = "") -> None:
             self._events.put(_Event(kind, key, delivery, info))
+            stats.count(kind, target.service)
 
         target = routing.route(workload.ti)
         hook = KnativeHook(target.conn_id)
         accepted = False
+        stats.count("sent", target.service)
         try:
             base = await asyncio.to_thread(hook.resolve_url, target.service, target.namespace)
             url = base + protocol.WORKLOADS_PATH
@@ -224,6 +226,8 @@ class KnativeExecutor(BaseExecutor):
             put("refused", f"Knative Service {target.service!r}: {exc}")
         except Exception as exc:  # the stream broke: the task may be running; the database decides
             put("lost", f"{type(exc).__name__}: {exc}")
+        finally:
+            stats.count("retried", target.service, hook.retries)
 
     @staticmethod
     def _event(event: dict[str, Any], put: Any, delivery: str, service: str) -> bool:
@@ -335,6 +339,7 @@ class KnativeExecutor(BaseExecutor):
             if ti.state in (TaskInstanceState.RUNNING, TaskInstanceState.RESTARTING) or ours:
                 self.running.add(ti.key)
                 self._detached[ti.key] = (time.monotonic(), "adopted after a scheduler restart")
+                stats.count("adopted", _service_of(ti.external_executor_id or ""))
             else:
                 refused.append(ti)
         return refused
@@ -356,11 +361,18 @@ class KnativeExecutor(BaseExecutor):
         external = ti.external_executor_id or ""
         if not external.startswith(EXTERNAL_ID_PREFIX):
             return [], []
-        _, _, service, runtime = [*external.split("|"), "", "", ""][:4]
+        service, runtime = _service_of(external), [*external.split("|"), "", "", ""][3]
         return [
             f"running in Knative Service {service!r} (pod {runtime}); the log above is uploaded every few "
             "seconds through remote logging ([logging] remote_base_log_folder)"
         ], []
+
+
+def _service_of(external_executor_id: str) -> str:
+    """The Service named in an external executor id this executor recorded ("" for another's)."""
+    if not external_executor_id.startswith(EXTERNAL_ID_PREFIX):
+        return ""
+    return [*external_executor_id.split("|"), "", ""][2]
 
 
 def _refusal(head: Any, url: str, service: str) -> str:

@@ -2,7 +2,7 @@
 
 Routes: ``POST /invoke[?attempt=N]``, ``GET /invocations/<id>``, ``DELETE /invocations/<id>``,
 ``POST /workloads``, ``GET /workloads/<delivery>``, ``GET /healthz``, ``GET /readyz``,
-``GET /functions``. A plain ASGI callable rather than a framework router: the hot path
+``GET /functions``, ``GET /metrics`` (Prometheus; ``metrics.py``). A plain ASGI callable rather than a framework router: the hot path
 (``/invoke``) must stay close to a bare uvicorn app per request.
 
 The event loop only admits and moves bytes; the work happens in :func:`invoke.handle` on a
@@ -26,7 +26,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -146,6 +146,10 @@ class RuntimeApp:
         self.outlived = 0
         #: the workloads of the KnativeExecutor, when this runtime accepts them
         self.workloads: WorkloadRuns | None = None
+        #: told of every answered call, in its worker thread (metrics, spans: see ``observability``)
+        self.observe: Callable[[Mapping[str, str], invoke.CallContext, invoke.Outcome], None] | None = None
+        #: ``GET /metrics``: the Prometheus exposition and its content type (None: no metrics)
+        self.metrics: Callable[[], tuple[bytes, str]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -169,6 +173,8 @@ class RuntimeApp:
             await self._json(send, 200, {"status": "ok", "in_flight": self.in_flight})
         elif path == "/readyz":
             await self._readyz(send)
+        elif path == "/metrics" and self.metrics is not None:
+            await self._plain(send, 200, *self.metrics())
         elif path == "/functions":
             await self._json(
                 send,
@@ -539,7 +545,7 @@ class RuntimeApp:
         with self._lock:
             self.in_flight += 1
         try:
-            return invoke.handle(
+            outcome = invoke.handle(
                 body,
                 headers,
                 self.state.functions,
@@ -553,6 +559,9 @@ class RuntimeApp:
                 path=path,
                 ctx=ctx,
             )
+            if self.observe is not None:
+                self.observe(headers, ctx, outcome)
+            return outcome
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -757,12 +766,18 @@ class RuntimeApp:
 
     @staticmethod
     async def _json(send: Send, status: int, payload: Any) -> None:
-        body = json.dumps(payload).encode()
+        await RuntimeApp._plain(send, status, json.dumps(payload).encode(), _JSON.decode())
+
+    @staticmethod
+    async def _plain(send: Send, status: int, body: bytes, content_type: str) -> None:
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())],
+                "headers": [
+                    (b"content-type", content_type.encode("latin-1")),
+                    (b"content-length", str(len(body)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})

@@ -123,6 +123,8 @@ class CallContext:
     claimer: claims.Claimer | None = None
     on_text: Callable[[str, int], None] | None = None
     on_begin: Callable[[], None] | None = None
+    #: the function's id, once looked up (the runtime's metrics and spans name it)
+    function: str = ""
 
 
 @dataclass
@@ -323,7 +325,8 @@ def handle(
     is ``Outcome(pending=entry)`` and the caller waits for that entry's outcome. With
     ``records_``, the call is claimed in the store right before it starts; a claim held by
     another replica is answered ``Outcome(follow=...)`` (wait for its record), and the outcome
-    is recorded before it is answered. ``on_key`` is told the ledger key as soon as it is known.
+    is recorded before it is answered. ``on_key`` is told the ledger key as soon as it is known,
+    and ``ctx.function`` is the function's id once it was looked up.
     """
     try:
         signature = verify(body, headers, limits, guard, path=path)
@@ -334,6 +337,7 @@ def handle(
     # a signed request without an id is recorded by its signature: a replay is refused everywhere
     call = inv.invocation_id or (f"signed:{signature}" if signature and records_ is not None else "")
     ctx = ctx or CallContext()
+    ctx.function = fn.function_id  # a registered id: safe as a metric label
     if ledger is None or not call:
         return run(fn, inv, body, ctx)
     digest = claims.request_digest(body)

@@ -32,6 +32,7 @@ from airflow_provider_knative.runtime import claims, invoke, isolation, loader, 
 from airflow_provider_knative.runtime.app import WORKLOAD_STOP_SECONDS, RuntimeApp, RuntimeState
 from airflow_provider_knative.runtime.forkserver import ForkServer
 from airflow_provider_knative.runtime.http import GuardedHttpToolsProtocol
+from airflow_provider_knative.runtime.observability import Observability
 from airflow_provider_knative.runtime.workers import Workers
 from airflow_provider_knative.runtime.workload_runs import WorkloadRuns
 
@@ -298,6 +299,7 @@ def serve(dags_folder: str, host: str, port: int, tls: TLS | None = None) -> int
             request_timeout=float(config.get("request_timeout_seconds")),
             records_=claims.open_records(records.DELIVERIES),
         )
+    observed = Observability(app, pool, leases, limits.replica)  # GET /metrics; spans when OTEL_* asks
     load: tuple[Any, ...] = (_boot, (dags_folder, state, t0, forks, mode != "process"))
 
     def started() -> None:
@@ -338,6 +340,7 @@ def serve(dags_folder: str, host: str, port: int, tls: TLS | None = None) -> int
     finally:
         if forks is not None:
             forks.close()
+        observed.close()
     pool.shutdown()
     if app.in_flight or app.outlived or forks_failed:
         log.error(

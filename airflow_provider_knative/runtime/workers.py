@@ -67,6 +67,11 @@ class Workers:
             thread.start()
         return future
 
+    @property
+    def waiting(self) -> int:
+        """Calls submitted that no worker has taken yet (every one is busy): for ``/metrics``."""
+        return self._jobs.qsize()
+
     def _work(self) -> None:
         jobs, lock, done = self._jobs, self._lock, self._done
         while True:

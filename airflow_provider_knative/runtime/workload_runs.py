@@ -30,7 +30,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -145,13 +145,17 @@ class WorkloadRuns:
         self._line: list[object] = []  # workloads waiting for a slot, first come first served
         self._slots_changed = asyncio.Event()
         self._claiming: dict[str, asyncio.Future[None]] = {}
+        #: told when a run this replica started has ended (the runtime's metrics)
+        self.on_ended: Callable[[Run], None] | None = None
+        self._reserved = 0  # slots held for deliveries whose claim is being written
 
     @property
     def active(self) -> int:
         return sum(1 for run in self.runs.values() if not run.finished)
 
     def _full(self) -> bool:
-        return bool(self.capacity) and self.active >= self.capacity
+        # a slot being claimed is taken: its run starts the moment its claim is won
+        return bool(self.capacity) and self.active + self._reserved >= self.capacity
 
     def _slot_event(self) -> None:
         self._slots_changed.set()
@@ -203,9 +207,11 @@ class WorkloadRuns:
             await asyncio.shield(pending)
             return await self._claimed(request, executor, server, None)
         self._claiming[request.delivery] = asyncio.get_running_loop().create_future()
+        self._reserved += 1  # the slot stays this delivery's while its claim is written
         try:
             answer = await asyncio.to_thread(claim)
         finally:
+            self._reserved -= 1
             self._claiming.pop(request.delivery).set_result(None)
         if answer is FOLLOW:
             assert self.records is not None
@@ -218,6 +224,7 @@ class WorkloadRuns:
             raise Elsewhere(record_events(state, request.delivery))
         if answer is not None:
             raise Refused(answer)
+        # no await since the reservation was given back: the slot is still free for this run
         run = self.start_or_join(request, executor, server)
         run.claim = claim
         if self.leases is not None:
@@ -373,6 +380,8 @@ class WorkloadRuns:
         run.finished_at = time.monotonic()
         run.changed.set()
         self._slot_event()
+        if self.on_ended is not None:
+            self.on_ended(run)
         if run.claim is not None:
             asyncio.get_running_loop().run_in_executor(None, self._record, run, "")
         if self.remote_logs and run.log_relpath:

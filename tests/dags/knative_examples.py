@@ -116,3 +116,21 @@ def big_chain():
 
 
 knative_big_chain = big_chain()
+
+
+def _traced_dag(dag_id: str, **knative_kwargs):
+    """One task, for the tracing test (tests/test_tracing.py): its spans and the runtime's."""
+
+    @dag(dag_id=dag_id, schedule=None, tags=["knative-test"])
+    def traced():
+        @task.knative(service="traced", **knative_kwargs)
+        def double(x=21):
+            return x * 2
+
+        double()
+
+    return traced()
+
+
+knative_traced = _traced_dag("knative_traced")
+knative_traced_deferrable = _traced_dag("knative_traced_deferrable", deferrable=True)

@@ -26,7 +26,18 @@ def replica_calls():
             fh.write(f"{key} end {time.time():.6f}\n")
         return f"value of {key}"
 
+    @task.knative(service="replicas", retries=0)
+    def talk(key: str, lines: int, every: float) -> int:
+        """Prints a numbered line every ``every`` seconds: its output is followed as it runs."""
+        import time
+
+        for i in range(lines):
+            print(f"{key} line {i} at {time.time():.3f}", flush=True)
+            time.sleep(every)
+        return lines
+
     record("", "", 0.0)
+    talk("", 0, 0.0)
 
 
 replica_calls()
