@@ -45,8 +45,8 @@ def s3_session(aws_conn_id: str) -> tuple[Any, str | None, str | None]:
 
 def _from_connection(aws_conn_id: str) -> tuple[Any, str | None, str | None]:
     import boto3
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from airflow_provider_knative.airflow_compat import AirflowNotFoundException, BaseHook
 
     try:
         conn = BaseHook.get_connection(aws_conn_id)

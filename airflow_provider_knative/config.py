@@ -423,6 +423,10 @@ def provider_config_section() -> dict[str, Any]:
             else str(shown_default),
             "sensitive": option.sensitive,
         }
+        if "{" in str(options[option.key]["default"] or ""):
+            # Airflow 3.0 and 3.1 expand every default with str.format unless it is a template:
+            # "{service}" would raise KeyError and take their whole CLI down (airflow db migrate)
+            options[option.key]["is_template"] = True
     return {
         SECTION: {
             "description": "Knative task execution and the spilling XCom backend.",

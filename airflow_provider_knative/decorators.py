@@ -24,11 +24,9 @@ from typing import Any, cast
 
 import attr
 from airflow.sdk.bases.decorator import DecoratedMappedOperator, DecoratedOperator, TaskDecorator
-from airflow.sdk.definitions.context import KNOWN_CONTEXT_KEYS
-from airflow.sdk.exceptions import AirflowException
 
 from airflow_provider_knative import codec, config, functions, protocol, walk
-from airflow_provider_knative.airflow_compat import KnativeTaskDecorator
+from airflow_provider_knative.airflow_compat import KNOWN_CONTEXT_KEYS, AirflowException, KnativeTaskDecorator
 from airflow_provider_knative.errors import KnativeError, RemoteFunctionError
 from airflow_provider_knative.invoker import Request, Response, read_result, timing_line
 from airflow_provider_knative.operators import KnativeOperator, airflow_errors

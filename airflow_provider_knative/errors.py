@@ -30,6 +30,10 @@ class ConfigError(KnativeError, ValueError):
     """A ``[knative]`` option, connection field or service setting that cannot be used."""
 
 
+class AirflowVersionError(ConfigError):
+    """This feature needs a newer Airflow than the one installed (``airflow_compat.require``)."""
+
+
 class SettingsError(ConfigError):
     """A per-service deployment setting (``service_settings=`` or a ``--defaults`` file) is invalid."""
 

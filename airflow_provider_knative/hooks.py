@@ -28,10 +28,9 @@ from typing import Any
 
 import requests
 import urllib3
-from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowNotFoundException
 
-from airflow_provider_knative import config, protocol, tracecontext
+from airflow_provider_knative import airflow_compat, config, protocol, tracecontext, versions
+from airflow_provider_knative.airflow_compat import BaseHook
 from airflow_provider_knative.connection import (
     UI_FIELD_BEHAVIOUR,
     ServiceSettings,
@@ -228,7 +227,14 @@ class KnativeHook(BaseHook):
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Relabel the standard form fields (Airflow < 3.2 reads this; newer reads provider info)."""
-        return UI_FIELD_BEHAVIOUR
+        return airflow_compat.hook_field_behaviour(UI_FIELD_BEHAVIOUR)
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The form's extra fields (Airflow < 3.2 reads this; newer reads provider info)."""
+        from airflow_provider_knative.connection import connection_type_info
+
+        return airflow_compat.connection_form_widgets(connection_type_info()["conn-fields"])
 
     @property
     def settings(self) -> ServiceSettings:
@@ -236,7 +242,9 @@ class KnativeHook(BaseHook):
         if self._settings is None:
             try:
                 connection = self.get_connection(self.knative_conn_id)
-            except AirflowNotFoundException:
+            except Exception as exc:
+                if not airflow_compat.connection_missing(exc):
+                    raise
                 connection = None  # config-only setups are normal
             self._settings = settings_from(connection)
         return self._settings
@@ -246,7 +254,9 @@ class KnativeHook(BaseHook):
         if self._settings is None:
             try:
                 connection = await self.aget_connection(self.knative_conn_id)
-            except AirflowNotFoundException:
+            except Exception as exc:
+                if not airflow_compat.connection_missing(exc):
+                    raise
                 connection = None
             self._settings = await asyncio.to_thread(settings_from, connection)
         return self._settings
@@ -307,7 +317,9 @@ class KnativeHook(BaseHook):
                 f"cannot reach {url}: {type(exc).__name__}: {_short(exc)}. Check the connection's URL "
                 f"template, that the service exists (airflow-knative status), and the network path"
             )
-        return _readiness(url, raw.status_code, raw.headers.get("Content-Type", ""), raw.content)
+        ok, message = _readiness(url, raw.status_code, raw.headers.get("Content-Type", ""), raw.content)
+        skew = versions.version_skew(raw.headers.get(versions.RUNTIME_VERSION_HEADER))
+        return ok, f"{message}; {skew}" if skew else message
 
     # ------------------------------------------------------------------ the call, sync and async
     # Both loops only drive invoker.call_flow, which makes every decision; they differ in the

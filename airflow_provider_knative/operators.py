@@ -19,9 +19,9 @@ from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_knative import aws, config, spill, tracecontext
+from airflow_provider_knative import airflow_compat, aws, config, spill, tracecontext
+from airflow_provider_knative.airflow_compat import AirflowException
 from airflow_provider_knative.errors import KnativeError, ResponseCheckFailed
 from airflow_provider_knative.hooks import KnativeHook
 from airflow_provider_knative.invoker import (
@@ -117,6 +117,7 @@ class KnativeOperator(BaseOperator):
         response_check: Callable[..., Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        airflow_compat.require("@task.knative and KnativeOperator")  # a clear error on Airflow 3.0
         super().__init__(**kwargs)
         self.service = service
         self.namespace = namespace
@@ -216,9 +217,7 @@ class KnativeOperator(BaseOperator):
         """The task's result for the final answer, sync or deferred: read, then ``response_check``."""
         value = self.read_response(response, url, context)
         if self.response_check is not None:
-            from airflow.sdk.bases.decorator import determine_kwargs
-
-            kwargs = determine_kwargs(self.response_check, [response], context or {})
+            kwargs = airflow_compat.determine_kwargs(self.response_check, [response], context or {})
             if not self.response_check(response, **kwargs):
                 raise ResponseCheckFailed(
                     f"response_check returned False for the answer of {url} (HTTP {response.status}, "

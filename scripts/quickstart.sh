@@ -14,7 +14,8 @@ fi
 if ! .venv/bin/python -c "import airflow_provider_knative, airflow.providers.standard, pandas, uvicorn" 2>/dev/null; then
   echo "installing into .venv (a few minutes the first time) ..."
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[data,runtime]" apache-airflow-providers-standard
+  # Airflow with its constraints, as Airflow asks (constraints/: where they come from, README)
+  .venv/bin/python -m pip install -q -c constraints/airflow-3.3.txt -e ".[data,runtime]" apache-airflow-providers-standard
 fi
 
 export PATH="$PWD/.venv/bin:$PATH"

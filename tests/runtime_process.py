@@ -178,6 +178,7 @@ def start_runtime(
     wrapper: Sequence[str] = (),
     extra_args: Sequence[str] = (),
     client: Mapping[str, Any] | None = None,
+    python: str | os.PathLike[str] | None = None,
 ) -> RuntimeProcess:
     """Start ``serve --dags-folder DIR --host 127.0.0.1 --port P`` and wait for it.
 
@@ -187,7 +188,8 @@ def start_runtime(
     command that execs the runtime's command line given as its last arguments (for example
     one that changes the process's mount namespace first). ``extra_args`` go after the
     command line (``--ssl-certfile`` ... makes ``.url`` https), ``client`` are the httpx.Client
-    options the readiness wait needs to reach it (``verify=``, ``cert=``).
+    options the readiness wait needs to reach it (``verify=``, ``cert=``). ``python`` runs it
+    with another interpreter (another venv: a runtime image of another Airflow version).
     """
     port = port or free_port()
     full_env = {**os.environ, **(env or {})}
@@ -198,7 +200,13 @@ def start_runtime(
         proc = subprocess.Popen(
             [
                 *wrapper,
-                *(CONSOLE_SCRIPT if console_script else MODULE_COMMAND),
+                *(
+                    CONSOLE_SCRIPT
+                    if console_script
+                    else [str(python), *MODULE_COMMAND[1:]]
+                    if python
+                    else MODULE_COMMAND
+                ),
                 "--dags-folder",
                 str(dags_folder),
                 "--host",

@@ -324,3 +324,18 @@ def test_helm_values_show_the_multi_executor_setup() -> None:
     assert values["config"]["core"]["execution_api_server_url"].endswith("/execution/")
     assert values["config"]["logging"]["logging_config_class"] == LOGGING_CONFIG_CLASS
     assert values["config"]["logging"]["remote_base_log_folder"].startswith("knative+s3://")
+
+
+def test_the_images_and_the_helm_values_carry_one_airflow_version() -> None:
+    """The runtime image, the Airflow image and values.yaml say which Airflow they carry, and it
+    is the same one (a runtime of another minor than the scheduler is a version skew)."""
+    runtime = _dockerfile("Dockerfile.runtime")
+    version = _args(runtime)["AIRFLOW_VERSION"]
+    install = " ".join(arg for op, arg in runtime if op == "RUN" and "pip install" in arg)
+    assert '"apache-airflow-core==${AIRFLOW_VERSION}"' in install  # the task SDK follows core's minor
+    assert ("LABEL", 'org.apache.airflow.version="${AIRFLOW_VERSION}"') in runtime
+    base = next(arg for op, arg in _dockerfile("Dockerfile.airflow") if op == "FROM")
+    values = yaml.safe_load((REPO / "values.yaml").read_text())
+    assert base.startswith(f"apache/airflow:{version}-")
+    assert values["airflowVersion"] == values["defaultAirflowTag"] == version
+    assert values["images"]["airflow"]["tag"].startswith(f"{version}-")

@@ -49,6 +49,7 @@ DATA_LAYER = [
     "functions",
     "config",
     "preview",
+    "versions",
 ]
 
 

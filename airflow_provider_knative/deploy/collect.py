@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,14 +156,22 @@ def _uses(dags: Mapping[str, Any]) -> Iterator[_TaskUse]:
 
 
 @contextlib.contextmanager
-def _quiet_parse() -> Iterator[type]:
-    """Yield Airflow's BundleDagBag, with parsing kept off stdout (the manifests go there)
-    and without Airflow's own import-error log: every import error is reported by us, once."""
+def _quiet_parse() -> Iterator[Callable[..., Any]]:
+    """Yield Airflow's DAG bag (``airflow_compat.bundle_dag_bag``), with parsing kept off stdout
+    (the manifests go there) and without Airflow's own import-error log: every import error is
+    reported by us, once."""
     saved = os.environ.get(_LEVELS_VAR)
     if "airflow" not in sys.modules:  # Airflow configures its structlog levels at first import
-        os.environ[_LEVELS_VAR] = ",".join(filter(None, [saved, "airflow.dag_processing=critical"]))
+        os.environ[_LEVELS_VAR] = ",".join(
+            filter(None, [saved, "airflow.dag_processing=critical", "alembic=warning"])
+        )
     try:
-        from airflow.dag_processing.dagbag import BundleDagBag
+        from airflow_provider_knative import airflow_compat
+
+        airflow_compat.require("manifests, deploy, status and xcom-cleanup")
+        # Airflow 3.2's DAG bag imports alembic, whose plugin set-up logs at INFO to stdout
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        dag_bag = airflow_compat.dag_bag_class()  # imported while Airflow's logging is quieted
     finally:
         if saved is None:
             os.environ.pop(_LEVELS_VAR, None)
@@ -174,7 +182,7 @@ def _quiet_parse() -> Iterator[type]:
     stdlib_logger.setLevel(logging.CRITICAL)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            yield BundleDagBag
+            yield dag_bag
     finally:
         stdlib_logger.setLevel(level)
 

@@ -51,9 +51,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.executors.base_executor import BaseExecutor
 
-from airflow_provider_knative import config, protocol
+from airflow_provider_knative import airflow_compat, config, protocol
 from airflow_provider_knative.errors import InvocationError, KnativeError
-from airflow_provider_knative.executors import routing, stats, task_log
+from airflow_provider_knative.executors import routing, skew, stats, task_log
 from airflow_provider_knative.invoker import Request, Timeouts, read_result
 
 if TYPE_CHECKING:
@@ -115,6 +115,7 @@ class KnativeExecutor(BaseExecutor):
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        airflow_compat.require("KnativeExecutor")  # refuses on Airflow 3.0, naming the version needed
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="knative-executor-io", daemon=True
@@ -149,7 +150,7 @@ class KnativeExecutor(BaseExecutor):
             # BaseExecutor does not mark it running in 3.3: without this, parallelism and
             # has_task() would not see the task
             self.running.add(key)
-            delivery = workload.ti.external_executor_id or str(uuid.uuid4())
+            delivery = airflow_compat.workload_delivery_id(workload) or str(uuid.uuid4())
             self._deliveries[key] = delivery
             self._log_paths[key] = str(workload.log_path or "")
             self._detached.pop(key, None)
@@ -182,6 +183,7 @@ class KnativeExecutor(BaseExecutor):
                 server=conf.get("core", "execution_api_server_url", fallback="") or "",
             ).encode()
             settings = await hook.asettings()
+            await asyncio.to_thread(skew.check_runtime, hook, base, key)  # named in the logs, once per URL
             timeouts = Timeouts(
                 settings.timeouts.connect, STREAM_READ_TIMEOUT_SECONDS, settings.timeouts.startup_deadline
             )

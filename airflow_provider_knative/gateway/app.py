@@ -30,10 +30,10 @@ from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_da
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
-from sqlalchemy import select
+from sqlalchemy import select, update
 from starlette.concurrency import run_in_threadpool
 
-from airflow_provider_knative import config
+from airflow_provider_knative import airflow_compat, config
 from airflow_provider_knative.gateway import results
 
 MAX_TIMEOUT_SECONDS = 3600.0
@@ -100,7 +100,9 @@ def _trigger(dag_id: str, body: RunWorkflowBody, user: BaseUser) -> str:
                     '{"is_paused": false}) or send "unpause": true in this request',
                 )
             _authorize(user, dag_id, "PUT", None, "unpause DAG")
-            dm.is_paused = False
+            # an UPDATE, as the REST API does: the auth manager may have used (and closed) this
+            # thread's session meanwhile (Airflow 3.1's does), detaching ``dm``
+            session.execute(update(DagModel).where(DagModel.dag_id == dag_id).values(is_paused=False))
         dag = DBDagBag().get_latest_version_of_dag(dag_id, session=session)
         if dag is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"DAG {dag_id!r} is not serialized yet")
@@ -116,8 +118,7 @@ def _trigger(dag_id: str, body: RunWorkflowBody, user: BaseUser) -> str:
                 triggered_by=DagRunTriggeredByType.REST_API,
                 triggering_user_name=user.get_name(),
                 state=DagRunState.QUEUED,
-                partition_key=params["partition_key"],
-                partition_date=params["partition_date"],
+                **airflow_compat.create_dagrun_partition_kwargs(params),
                 session=session,
             )
         except (ParamValidationError, ValueError) as exc:

@@ -18,10 +18,16 @@ Airflow will not load provider plugins, and to None (which Airflow skips silentl
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from airflow import settings
 from airflow.plugins_manager import AirflowPlugin
+
+from airflow_provider_knative import airflow_compat
+from airflow_provider_knative.errors import AirflowVersionError
+
+log = logging.getLogger(__name__)
 
 
 class GatewayPlugin(AirflowPlugin):
@@ -31,6 +37,13 @@ class GatewayPlugin(AirflowPlugin):
 
     @property
     def fastapi_apps(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        """The gateway app; none (and an error in the api-server's log) on an Airflow too old for it,
+        so the api-server itself still starts."""
+        try:
+            airflow_compat.require("the workflow gateway")
+        except AirflowVersionError as exc:
+            log.error("%s: /knative is not mounted", exc)
+            return []
         from airflow_provider_knative.gateway.app import describe
 
         return [describe()]

@@ -6,7 +6,8 @@ or task logs, so the gateway calls them in a worker thread, never on the event l
 The result task is, in order:
 1. the task whose ``return_value`` XCom Airflow flagged ``dag_result`` — the task SDK sets it
    for the task a ``@dag`` function returns, for ``@result`` and for ``dag.add_result(...)``
-   (the flag is not in the serialized DAG, only on the XCom row, so it is read after the run);
+   (the flag is not in the serialized DAG, only on the XCom row, so it is read after the run;
+   Airflow 3.3+: older versions flag nothing, so rule 2 decides there);
 2. else the single leaf task (no downstream tasks) of the DAG;
 3. several leaves and no flag is ambiguous: an error that lists the leaves and says how to
    mark one.
@@ -27,6 +28,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from airflow_provider_knative import airflow_compat
 from airflow_provider_knative.errors import ResultLookupError
 
 TASK_ERROR_MAX_CHARS = 2000
@@ -37,10 +39,19 @@ class AmbiguousResultError(ResultLookupError):
 
     def __init__(self, dag_id: str, leaves: list[str]) -> None:
         self.leaves = leaves
+        if airflow_compat.xcom_dag_result_column() is not None:
+            how = (
+                "return one task's output from the @dag function, decorate it with @result, or call "
+                "dag.add_result(task_output)"
+            )
+        else:  # nothing marks a DAG's result before Airflow 3.3
+            how = (
+                f"Airflow {airflow_compat.AIRFLOW_VERSION} cannot mark a DAG's result (Airflow 3.3 can): "
+                "give the DAG a single leaf task"
+            )
         super().__init__(
             f"DAG {dag_id!r} has {len(leaves)} leaf tasks ({', '.join(leaves)}) and none is marked as "
-            "its result: return one task's output from the @dag function, decorate it with @result, "
-            "or call dag.add_result(task_output)"
+            f"its result: {how}"
         )
 
 
@@ -104,7 +115,8 @@ def result_output(session: Session, dag: Any, dag_id: str, run_id: str) -> tuple
     base = select(XComModel.task_id, XComModel.map_index, XComModel.value).where(
         XComModel.dag_id == dag_id, XComModel.run_id == run_id, XComModel.key == XCOM_RETURN_KEY
     )
-    rows = session.execute(base.where(XComModel.dag_result.is_(True))).all()
+    flagged = airflow_compat.xcom_dag_result_column()  # None before 3.3: the leaf rule alone
+    rows = session.execute(base.where(flagged.is_(True))).all() if flagged is not None else []
     if rows:
         task_id = rows[0].task_id
         rows = [r for r in rows if r.task_id == task_id]

@@ -26,7 +26,7 @@ from typing import Any
 
 import uvicorn
 
-from airflow_provider_knative import config, records
+from airflow_provider_knative import config, records, versions
 from airflow_provider_knative.functions import FunctionInfo
 from airflow_provider_knative.runtime import claims, invoke, isolation, loader, logs
 from airflow_provider_knative.runtime.app import WORKLOAD_STOP_SECONDS, RuntimeApp, RuntimeState
@@ -325,6 +325,8 @@ def serve(dags_folder: str, host: str, port: int, tls: TLS | None = None) -> int
         log_level="warning",
         timeout_graceful_shutdown=max(1, round(drain)),
         server_header=False,
+        # every answer says which Airflow this image carries, so callers can name a version skew
+        headers=[(versions.RUNTIME_VERSION_HEADER, versions.version_header_value())],
         http=GuardedHttpToolsProtocol,
         **(tls.uvicorn_options() if tls else {}),
     )

@@ -1,7 +1,8 @@
 """Run an Airflow ``ExecuteTask`` workload in the pod, for the KnativeExecutor.
 
 The task runs exactly as on Airflow's own workers: the task SDK's supervisor
-(``BaseExecutor.run_workload``) talks to the api-server's Execution API with the workload's
+(``BaseExecutor.run_workload`` on Airflow 3.3, ``supervise`` before it:
+``airflow_compat.run_task_workload``) talks to the api-server's Execution API with the workload's
 short-lived token, starts the task process, heartbeats, and writes the task log. The pod needs
 no database credentials. The supervisor runs in a child of the fork server (it installs signal
 handlers, so it needs a process's main thread), in a session of its own.
@@ -89,8 +90,9 @@ def run_in_child(payload: dict[str, Any], emit: Callable[[Any], None]) -> None:
     ``["exit", code]``.
     """
     from airflow.executors import workloads
-    from airflow.executors.base_executor import BaseExecutor
     from airflow.sdk.log import configure_logging
+
+    from airflow_provider_knative import airflow_compat
 
     workload = workloads.ExecuteTask.model_validate_json(payload["workload"])
     if payload.get("executor"):
@@ -104,11 +106,10 @@ def run_in_child(payload: dict[str, Any], emit: Callable[[Any], None]) -> None:
     emit(["accepted", {"pid": os.getpid()}])
     configure_logging(output=sys.stdout.buffer, json_output=True)
     try:
-        code = BaseExecutor.run_workload(
+        code = airflow_compat.run_task_workload(
             workload,
             server=payload.get("server") or None,
-            subprocess_logs_to_stdout=False,
-            proctitle=f"airflow supervisor (knative): {workload.display_name}",
+            proctitle=f"airflow supervisor (knative): {airflow_compat.workload_display_name(workload)}",
         )
     except Exception as exc:
         superseded = _lost_ti_run(exc)
