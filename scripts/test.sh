@@ -52,7 +52,7 @@ mypy airflow_provider_knative
 mark "linters and mypy done"
 airflow_version=$(.venv/bin/python -c 'from importlib.metadata import version; print(version("apache-airflow-core"))')
 rc=0
-pytest "$@" --junitxml=.compat/junit-3.3.xml -o junit_suite_name="airflow-$airflow_version" || rc=$?
+pytest "$@" --durations=25 --junitxml=.compat/junit-3.3.xml -o junit_suite_name="airflow-$airflow_version" || rc=$?
 mark "Airflow $airflow_version suite done"
 
 if [ "$COMPAT" = 1 ]; then
