@@ -75,7 +75,10 @@ def bench_overhead(calls: int) -> dict[str, float]:
     folder = Path(tempfile.mkdtemp(prefix="knative-bench-dags-"))
     (folder / "bench_noop.py").write_text(NOOP_DAG)
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(folder)
-    with start_runtime(folder) as rt:
+    # thread isolation, no store: the operator's path against the runtime's cheapest answer
+    with start_runtime(
+        folder, env={"AIRFLOW__KNATIVE__ISOLATION": "thread", "AIRFLOW__KNATIVE__XCOM_STORE_URL": ""}
+    ) as rt:
         os.environ["AIRFLOW__KNATIVE__URL_TEMPLATE"] = rt.url
         spec = importlib.util.spec_from_file_location("bench_noop", folder / "bench_noop.py")
         assert spec and spec.loader

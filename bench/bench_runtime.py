@@ -64,6 +64,8 @@ from servers import free_port  # noqa: E402
 from airflow_provider_knative import protocol  # noqa: E402
 
 FUNC_PYTHON = "func-python==0.8.1"
+#: the runtime as these figures measure it: calls in threads, no record in a store
+THREAD_NO_STORE = {"AIRFLOW__KNATIVE__ISOLATION": "thread", "AIRFLOW__KNATIVE__XCOM_STORE_URL": ""}
 SWEEP_CONNECTIONS = (1, 2, 4, 8, 16, 32, 64)
 # targets of issue 13
 TARGET_RPS_VS_FUNC_PYTHON = 3.0
@@ -373,7 +375,7 @@ def cold_start(dags: Path, runs: int = 3) -> dict[str, float]:
     splits: list[dict[str, float]] = []
     for _ in range(runs):
         t = time.perf_counter()
-        rt = start_runtime(dags, timeout=60)
+        rt = start_runtime(dags, timeout=60, env=THREAD_NO_STORE)
         totals.append(time.perf_counter() - t)
         rt.stop()
         splits.append(_reported_split(rt.output()))
@@ -473,7 +475,11 @@ def main() -> None:
         fp_pid, fp_port = stack.enter_context(
             _script_server(fp_python, FUNC_PYTHON_APP, "/health/readiness", None)
         )
-        rt = stack.enter_context(start_runtime(args.dags, env={"AIRFLOW__KNATIVE__SIGNING_SECRET": ""}))
+        # thread isolation, no store: the server's own path (process isolation's fork per call and
+        # the record's writes are measured by bench_records.py)
+        rt = stack.enter_context(
+            start_runtime(args.dags, env={"AIRFLOW__KNATIVE__SIGNING_SECRET": "", **THREAD_NO_STORE})
+        )
         noop = protocol.Invocation(
             function_id="runtime_basic/noop", source_hash=rt.functions()["runtime_basic/noop"]
         ).encode()
