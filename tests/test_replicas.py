@@ -567,13 +567,14 @@ def test_a_stream_cut_mid_call_resumes_on_any_replica_without_repeating_a_line(
 ) -> None:
     cuts = iter([("after", 2.0), ("after", 2.5), ("after", 2.0)])
     service.balancer.cut = lambda head: next(cuts, None) if head.split(b" ")[0] in (b"POST", b"GET") else None
-    shown, value, ended = _follow(service.url, _talk(service, "cut", 16, 0.5))
-    assert value == 16
-    assert [line.split(" at ")[0] for _, line in shown] == [f"cut line {i}" for i in range(16)]
+    shown, value, ended = _follow(service.url, _talk(service, "cut", 30, 0.5))
+    assert value == 30
+    assert [line.split(" at ")[0] for _, line in shown] == [f"cut line {i}" for i in range(30)]
     assert service.balancer.cuts == 3
-    # it went on live after the cuts, on whichever replica the re-attach landed
-    late = [at for at, line in shown if int(line.split()[2]) >= 12]
-    assert late and all(ended - at > 0.3 for at in late[:2])
+    # it went on live after the last cut (about 7 s in), on whichever replica the re-attach
+    # landed: lines printed from 8 s on reached the client while the 15 s call still ran
+    after_cuts = [at for at, line in shown if int(line.split()[2]) >= 16]
+    assert sum(ended - at > 1.0 for at in after_cuts) >= 6, [round(ended - at, 2) for at in after_cuts]
     resumed = [port for line, port in service.balancer.routed if line.startswith(b"GET /invocations/")]
     assert len(resumed) >= 3 and "stream=1&from=" in str(service.balancer.routed)
 
