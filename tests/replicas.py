@@ -30,21 +30,13 @@ from typing import Any
 
 from runtime_process import RuntimeProcess, start_runtime
 from servers import free_port
-from tcp_proxy import TcpProxy, close_after, read_message
+from tcp_proxy import TcpProxy, close_after, close_socket, read_message
 
 #: what to do with one request: None (relay it), "request" (deliver it, then cut the client's
 #: connection before any answer), "answer" (relay the answer's head and part of its body, then
 #: cut), ("lines", n) (relay the head and n lines of a streamed answer, then cut), or
 #: ("after", s) (relay for s seconds, then cut: a stream broken mid-call)
 Cut = Callable[[bytes], Any]
-
-
-def _close(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
 
 
 class Balancer(TcpProxy):
@@ -92,14 +84,14 @@ class Balancer(TcpProxy):
             self._track(upstream)
             upstream.sendall(head + b"\r\n\r\n" + body)
             if action == "request":
-                _close(client)  # delivered; the client never hears back
+                close_socket(client)  # delivered; the client never hears back
                 self._drain(upstream)
                 return
             self._relay(upstream, client, action)
         except OSError:
             pass
         finally:
-            _close(client)
+            close_socket(client)
 
     @staticmethod
     def _drain(upstream: socket.socket) -> None:
@@ -110,7 +102,7 @@ class Balancer(TcpProxy):
         except OSError:
             pass
         finally:
-            _close(upstream)
+            close_socket(upstream)
 
     def _relay(self, upstream: socket.socket, client: socket.socket, action: Any) -> None:
         sent = b""
@@ -126,7 +118,7 @@ class Balancer(TcpProxy):
             except OSError:  # time is up (a timeout is an OSError): cut mid-answer, below
                 pass
             finally:
-                _close(client)
+                close_socket(client)
                 upstream.settimeout(None)
                 threading.Thread(target=self._drain, args=(upstream,), daemon=True).start()
             return
@@ -152,7 +144,7 @@ class Balancer(TcpProxy):
         except OSError:
             pass
         finally:
-            _close(client)
+            close_socket(client)
             threading.Thread(target=self._drain, args=(upstream,), daemon=True).start()
 
     def close(self) -> None:

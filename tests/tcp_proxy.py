@@ -171,7 +171,7 @@ class CuttingProxy(TcpProxy):
         except OSError:
             pass
         finally:
-            _close(upstream)
+            close_socket(upstream)
 
     def _saw(self, head: bytes, armed: threading.Event) -> None:
         with self._lock:
@@ -208,14 +208,14 @@ class CuttingProxy(TcpProxy):
         except OSError:
             pass
         finally:
-            _close(client)
-            _close(upstream)
+            close_socket(client)
+            close_socket(upstream)
 
     def close(self) -> None:
         super().close()
         with self._lock:
             for sock in self._open:
-                _close(sock)
+                close_socket(sock)
 
     def __enter__(self) -> CuttingProxy:
         return self
@@ -224,7 +224,7 @@ class CuttingProxy(TcpProxy):
         self.close()
 
 
-def _close(sock: socket.socket) -> None:
+def close_socket(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
