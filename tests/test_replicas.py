@@ -594,3 +594,21 @@ def test_a_deferred_calls_output_is_followed_by_the_trigger(service: Replicas, t
     assert asyncio.run(go()) == 8
     lines = "".join(shown).splitlines()
     assert [line.split(" at ")[0] for line in lines] == [f"deferred line {i}" for i in range(8)]
+
+
+def test_without_a_store_the_runtime_says_its_guarantees_hold_for_one_replica(
+    airflow_home: Path, tmp_path: Path
+) -> None:
+    """No store configured: today's in-memory record, said at start, and a status query about a
+    call it never saw is "unknown" (it cannot know whether another pod ran it), not "not started"."""
+    from runtime_process import start_runtime
+
+    with start_runtime(REPLICA_DAGS, env={"AIRFLOW__KNATIVE__XCOM_STORE_URL": ""}) as rt:
+        inv = invocation(rt.functions()[FUNCTION], tmp_path / "trace.txt", "memory", 0.0)
+        assert call(rt.url, inv) == "value of memory"
+        answer = httpx.get(rt.url + protocol.INVOCATIONS_PATH + "never-seen?wait=0")
+        output = rt.output()
+    error = protocol.Result.decode(answer.content).error
+    assert answer.status_code == 404 and error is not None and error.type == protocol.UNKNOWN_INVOCATION
+    assert "xcom_store_url" in error.message
+    assert "hold for ONE replica" in output
