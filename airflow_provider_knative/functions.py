@@ -167,20 +167,26 @@ def _store_for(ref: codec.ObjectRef, settings: protocol.StoreSettings | None) ->
 
 
 def fetch_references(
-    args: list[Any], kwargs: dict[str, Any], settings: protocol.StoreSettings | None
+    args: list[Any],
+    kwargs: dict[str, Any],
+    settings: protocol.StoreSettings | None,
+    fetched: list[codec.ObjectRef] | None = None,
 ) -> tuple[list[Any], dict[str, Any]]:
-    """Replace every ObjectRef in the arguments by its value, fetching them in parallel."""
+    """Replace every ObjectRef in the arguments by its value, fetching them in parallel
+    (``fetched`` is given each reference downloaded)."""
     try:
-        args, kwargs = spill.resolve_refs((args, kwargs), lambda ref: _store_for(ref, settings))
+        args, kwargs = spill.resolve_refs((args, kwargs), lambda ref: _store_for(ref, settings), fetched)
     except Exception as exc:
         raise ReferenceFetchError(f"cannot fetch an argument passed by reference: {exc}") from exc
     return args, kwargs
 
 
-def prepare(fn: Function, inv: protocol.Invocation) -> tuple[list[Any], dict[str, Any]]:
+def prepare(
+    fn: Function, inv: protocol.Invocation, fetched: list[codec.ObjectRef] | None = None
+) -> tuple[list[Any], dict[str, Any]]:
     """The arguments to call ``fn`` with: bound, context filled in, references fetched."""
     args, kwargs = bind(fn, inv)
-    return fetch_references(args, kwargs, inv.store)
+    return fetch_references(args, kwargs, inv.store, fetched)
 
 
 def call(fn: Function, args: list[Any], kwargs: dict[str, Any]) -> Any:

@@ -164,6 +164,41 @@ def error_answer(status: int, type_: str, message: str) -> tuple[int, bytes, str
     return status, body, f"{type_}: {message}"
 
 
+def not_started_answer(status: int, type_: str, message: str, next_attempt: int) -> tuple[int, bytes, str]:
+    """No attempt of a call runs or ran: the caller sends it again as ``next_attempt``."""
+    body = protocol.Result(
+        status="not_started",
+        error=protocol.RemoteError(type=type_, message=message),
+        next_attempt=next_attempt,
+    ).encode()
+    return status, body, f"{type_}: {message}"
+
+
+def not_started(call: str, state: NotStarted) -> tuple[int, bytes, str]:
+    """The answer to a status query that found no attempt of ``call`` started."""
+    how = (
+        f"its attempt {state.next_attempt - 1} was declared void, so a late copy of it can never start"
+        if state.voided
+        else f"its attempt {state.next_attempt} has not reached any replica"
+    )
+    return not_started_answer(
+        404,
+        "NotStarted",
+        f"invocation {call[:200]!r} never started: {how}; send it again as attempt {state.next_attempt}",
+        state.next_attempt,
+    )
+
+
+def unreadable(call: str, where: str, exc: Exception) -> tuple[int, bytes, str]:
+    """The answer when the record of ``call`` cannot be read: the one "unknown" left."""
+    return error_answer(
+        503,
+        "RecordUnavailable",
+        f"the record of {call[:200]!r} cannot be read from {where} ({exc}), so nobody can tell how it "
+        "stands; ask again once the store is back",
+    )
+
+
 class Records:
     """The records of one kind of call in one store, as seen by replica ``owner``."""
 

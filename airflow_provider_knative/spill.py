@@ -184,13 +184,20 @@ def referenced_bytes(value: Any) -> int:
     return sum(leaf.size for leaf in walk.leaves(value) if isinstance(leaf, ObjectRef))
 
 
-def resolve_refs(value: Any, store_for: Callable[[ObjectRef], ObjectStore] | None = None) -> Any:
+def resolve_refs(
+    value: Any,
+    store_for: Callable[[ObjectRef], ObjectStore] | None = None,
+    fetched: list[ObjectRef] | None = None,
+) -> Any:
     """``value`` with every ``ObjectRef`` inside it replaced by what it points to.
 
     Downloads run in parallel; ``store_for`` picks the store for a reference (default: the
-    configured one). Raises StoreError or CodecError.
+    configured one); ``fetched`` is given each reference downloaded, once. Raises StoreError
+    or CodecError.
     """
     unique = list(dict.fromkeys(v for v in walk.leaves(value) if isinstance(v, ObjectRef)))
+    if fetched is not None:
+        fetched.extend(unique)
     if not unique:
         return value
     pick = store_for or (lambda ref: open_store())
@@ -203,8 +210,8 @@ def resolve_refs(value: Any, store_for: Callable[[ObjectRef], ObjectStore] | Non
     else:
         with ThreadPoolExecutor(max_workers=min(FETCH_CONCURRENCY, len(unique))) as pool:
             values = list(pool.map(fetch, unique))
-    fetched = dict(zip(unique, values, strict=True))
-    return walk.rebuild(value, lambda v: fetched[v] if isinstance(v, ObjectRef) else v)
+    loaded = dict(zip(unique, values, strict=True))
+    return walk.rebuild(value, lambda v: loaded[v] if isinstance(v, ObjectRef) else v)
 
 
 def load_ref(ref: ObjectRef, store: ObjectStore | None = None) -> Any:

@@ -269,7 +269,7 @@ class RuntimeApp:
         self, scope: Scope, receive: Receive, send: Send
     ) -> tuple[bytearray, dict[str, str]] | None:
         """The body and headers of a request that passed admission; None once refused (answered)."""
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _headers(scope)
         refusal = self._refusal(headers)
         if refusal is not None:
             await self._respond(send, refusal)
@@ -428,7 +428,7 @@ class RuntimeApp:
         """``GET /workloads/<delivery>``: what the delivery's record says, as workload events."""
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         delivery = unquote(raw_path[len(protocol.WORKLOADS_PATH) + 1 :])
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _headers(scope)
         runs = self.workloads
         try:
             invoke.verify(b"", headers, self.limits, self.guard, method="GET", path=_signed_path(scope))
@@ -440,30 +440,26 @@ class RuntimeApp:
             await self._respond(send, invoke.error_outcome(400, "ProtocolError", str(exc)))
             return
         run = runs.runs.get(delivery) if runs is not None else None
-        if run is not None:  # this replica runs it: the events so far, then as they come
-            await self._events(send, runs.events(run) if runs is not None else _aiter([]))
+        if runs is not None and run is not None:  # it runs here: the events so far, then as they come
+            await self._events(send, runs.events(run))
             return
         if runs is None or runs.records is None:
             # Without a store this process's memory is the only record. Saying "not started" is
             # still safe for a delivery: Airflow's ti_run refuses a task instance that is no longer
             # queued, and a supervisor refused so ends "elsewhere", never as a finished task.
-            await self._respond(send, _not_started(delivery, records.NotStarted(attempt, voided=False)))
+            await self._respond(
+                send,
+                invoke.Outcome(*records.not_started(delivery, records.NotStarted(attempt, voided=False))),
+            )
             return
         probe = protocol.PROBE_PARAM in parse_qs(scope.get("query_string", b"").decode("latin-1"))
         try:
             state = await asyncio.to_thread(runs.records.state, delivery, attempt, void=not probe)
         except StoreError as exc:
-            await self._respond(
-                send,
-                invoke.error_outcome(
-                    503,
-                    "RecordUnavailable",
-                    f"the record of delivery {delivery[:200]!r} cannot be read: {exc}",
-                ),
-            )
+            await self._respond(send, invoke.Outcome(*records.unreadable(delivery, runs.records.where, exc)))
             return
         if isinstance(state, records.NotStarted):
-            await self._respond(send, _not_started(delivery, state))
+            await self._respond(send, invoke.Outcome(*records.not_started(delivery, state)))
             return
         await self._events(send, _aiter(record_events(state, delivery)))
 
@@ -529,12 +525,6 @@ class RuntimeApp:
             outcome = await self._follow(*outcome.follow, deadline=None)
         return outcome
 
-    async def _run(
-        self, body: bytearray, headers: dict[str, str], attempt: int = 1, path: str = protocol.INVOKE_PATH
-    ) -> invoke.Outcome:
-        """The answer of one call (no streaming)."""
-        return await self._resolved(self._execute(body, headers, attempt, path))
-
     def _handle(
         self,
         body: bytearray,
@@ -594,15 +584,10 @@ class RuntimeApp:
         raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         query = scope.get("query_string", b"").decode("latin-1")
         invocation_id = unquote(raw_path[len(protocol.INVOCATIONS_PATH) :])
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _headers(scope)
         try:
             invoke.verify(
-                b"",
-                headers,
-                self.limits,
-                self.guard,
-                method=scope["method"],
-                path=raw_path + ("?" + query if query else ""),
+                b"", headers, self.limits, self.guard, method=scope["method"], path=_signed_path(scope)
             )
         except invoke.Rejected as exc:
             await self._respond(send, invoke.error_outcome(exc.status, exc.type, exc.message))
@@ -669,16 +654,11 @@ class RuntimeApp:
             try:
                 state = await asyncio.to_thread(self.records.state, call, attempt, void=void)
             except StoreError as exc:
-                return invoke.error_outcome(
-                    503,
-                    "RecordUnavailable",
-                    f"the record of {call[:200]!r} cannot be read from {self.records.where} ({exc}), so "
-                    "nobody can tell how it stands; ask again once the store is back",
-                )
+                return invoke.Outcome(*records.unreadable(call, self.records.where, exc))
             if isinstance(state, records.Finished):
                 return invoke.Outcome.of(state)
             if isinstance(state, records.NotStarted):
-                return _not_started(call, state)
+                return invoke.Outcome(*records.not_started(call, state))
             attempt = state.claim.attempt
             if self._expired:
                 return self._drain_timeout()
@@ -802,30 +782,16 @@ def _attempt(scope: Scope) -> int:
     return int(text)
 
 
+def _headers(scope: Scope) -> dict[str, str]:
+    """A request's headers (lower-case names, as ASGI gives them)."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
 def _signed_path(scope: Scope) -> str:
     """The path and query a request's signature covers."""
     raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
     query = scope.get("query_string", b"").decode("latin-1")
     return raw_path + ("?" + query if query else "")
-
-
-def _not_started(call: str, state: records.NotStarted) -> invoke.Outcome:
-    """No attempt of the call runs or ran: the caller sends it again as ``next_attempt``."""
-    how = (
-        "was declared void, so a late copy of it can never start"
-        if state.voided
-        else "has not reached any replica"
-    )
-    message = (
-        f"invocation {call[:200]!r} never started: its attempt {state.next_attempt - 1 if state.voided else state.next_attempt} "
-        f"{how}; send it again as attempt {state.next_attempt}"
-    )
-    result = protocol.Result(
-        status="not_started",
-        error=protocol.RemoteError("NotStarted", message),
-        next_attempt=state.next_attempt,
-    )
-    return invoke.Outcome(404, result.encode(), f"NotStarted: {message}")
 
 
 def _too_large(size: int, limit: int, so_far: bool = False) -> invoke.Outcome:

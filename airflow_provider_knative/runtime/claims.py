@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_knative import config, protocol, records, store
+from airflow_provider_knative import config, records, store
 from airflow_provider_knative.errors import StoreError
 from airflow_provider_knative.records import Finished, Records
 
@@ -91,7 +91,6 @@ class Claimer:
     claimed: bool = False
     #: the outcome is in the record already (a forked child wrote it as soon as it had it)
     recorded: bool = False
-    refusal: tuple[int, bytes, str] | None = None
     #: the claim in force when it was lost to another replica (follow its record)
     holder: records.Claim | None = None
 
@@ -102,32 +101,27 @@ class Claimer:
                 self.call, self.attempt, digest=self.digest, signature=self.signature
             )
         except StoreError as exc:
-            self.refusal = records.error_answer(
+            return records.error_answer(
                 503,
                 "StoreUnavailable",
                 f"nothing was started: the claim that must precede every run could not be written to "
                 f"{self.book.where} ({exc}); send it again once the store is back",
             )
-            return self.refusal
         if won:
             self.claimed = True
             return None
-        self.refusal = self.refused(claim) or FOLLOW
-        return self.refusal
+        return self.refused(claim) or FOLLOW
 
     def refused(self, claim: records.Claim) -> tuple[int, bytes, str] | None:
         """The answer for a claim held by someone else; None: follow the holder's record."""
         if claim.void:
-            body = protocol.Result(
-                status="not_started",
-                error=protocol.RemoteError(
-                    "AttemptVoided",
-                    f"attempt {self.attempt} of {self.call!r} was declared void ({claim.note}) after its "
-                    "connection broke, so it never runs; send it again as the next attempt",
-                ),
-                next_attempt=self.attempt + 1,
-            ).encode()
-            return 409, body, f"AttemptVoided: attempt {self.attempt} of {self.call!r} is void"
+            return records.not_started_answer(
+                409,
+                "AttemptVoided",
+                f"attempt {self.attempt} of {self.call!r} was declared void ({claim.note}) after its "
+                "connection broke, so it never runs; send it again as the next attempt",
+                self.attempt + 1,
+            )
         if claim.digest != self.digest:
             return records.error_answer(
                 409,

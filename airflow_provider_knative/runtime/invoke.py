@@ -250,10 +250,12 @@ def _lookup(inv: protocol.Invocation, functions_: Mapping[str, FunctionInfo]) ->
     return fn
 
 
-def _prepare(fn: Function, inv: protocol.Invocation) -> tuple[list[Any], dict[str, Any]]:
+def _prepare(
+    fn: Function, inv: protocol.Invocation, fetched: list[codec.ObjectRef]
+) -> tuple[list[Any], dict[str, Any]]:
     """``functions.prepare`` with its failures turned into HTTP answers."""
     try:
-        return functions.prepare(fn, inv)
+        return functions.prepare(fn, inv, fetched)
     except ArgumentMismatch as exc:
         raise Rejected(422, "ArgumentError", str(exc)) from None
     except ReferenceFetchError as exc:
@@ -425,9 +427,10 @@ def run(
     capture = None
     journal = None
     try:
-        args, kwargs = _prepare(fn, inv)
+        fetched: list[codec.ObjectRef] = []
+        args, kwargs = _prepare(fn, inv, fetched)
         phases.fetch = (phases.started, time.time())
-        phases.fetched_bytes = spill.referenced_bytes((inv.args, inv.kwargs))
+        phases.fetched_bytes = sum(ref.size for ref in fetched)
         if begin is not None:
             refusal = begin()
             if refusal is not None:

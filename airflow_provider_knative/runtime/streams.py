@@ -124,9 +124,7 @@ async def follow_record(
                 continue
             state = await asyncio.to_thread(book.state, call, attempt, void=void)
         except StoreError as exc:
-            await finish(
-                send, records.error_answer(503, "RecordUnavailable", f"the record of {call!r}: {exc}")
-            )
+            await finish(send, records.unreadable(call, book.where, exc))
             return
         if isinstance(state, records.Finished):
             # the owner wrote its last piece before the outcome: one more look finds it
@@ -136,12 +134,7 @@ async def follow_record(
             attempt = state.attempt
             continue
         if isinstance(state, records.NotStarted):
-            result = protocol.Result(
-                status="not_started",
-                error=protocol.RemoteError("NotStarted", f"invocation {call!r} never started"),
-                next_attempt=state.next_attempt,
-            )
-            await finish(send, (404, result.encode(), "NotStarted"))
+            await finish(send, records.not_started(call, state))
             return
         if state.claim.attempt != attempt:  # the call runs as a later attempt: follow that one
             attempt, position = state.claim.attempt, 0

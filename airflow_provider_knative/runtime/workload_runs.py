@@ -218,9 +218,7 @@ class WorkloadRuns:
             try:
                 state = await asyncio.to_thread(self.records.state, claim.call, claim.attempt, void=False)
             except StoreError as exc:
-                raise Refused(
-                    records.error_answer(503, "RecordUnavailable", f"the record of {claim.call!r}: {exc}")
-                ) from None
+                raise Refused(records.unreadable(claim.call, self.records.where, exc)) from None
             raise Elsewhere(record_events(state, request.delivery))
         if answer is not None:
             raise Refused(answer)
