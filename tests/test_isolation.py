@@ -103,3 +103,12 @@ def test_logs_errors_and_results_look_the_same_in_both_modes(
         resp, result = rt.invoke("runtime_isolation/fail", "boom")
         assert resp.status_code == 500 and result.error.type == "TaskFailed"
         assert "raise TaskFailed(message)" in result.error.traceback and "about to fail" in result.logs
+
+
+def test_the_default_is_process_isolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a setting, one pod's concurrent calls do not share a module global (issue 20: 16
+    concurrent calls of such a function returned 45 wrong values out of 48 with threads)."""
+    monkeypatch.delenv("AIRFLOW__KNATIVE__ISOLATION", raising=False)
+    with start_runtime(ISOLATION, env={"AIRFLOW__KNATIVE__SIGNING_SECRET": ""}) as runtime:
+        assert _overlapping_calls(runtime, tmp_path) == ("a", "b")
+        assert "process isolation" in runtime.output()
